@@ -1,0 +1,32 @@
+"""gradx: gradient transformations for JAX, a drop-in for Optax with PyTorch parity.
+
+``import gradx as optax`` runs Optax code with the same numbers; see README.md for what gradx
+adds. Every public name is re-exported here from the module that defines it.
+"""
+
+from gradx import checks, tree_utils
+from gradx.base import *  # noqa: F401,F403
+from gradx.combine import chain, named_chain
+from gradx.leafwise import Moment, leafwise
+from gradx.masking import MaskedNode, MaskedState, masked
+from gradx.tree_utils import global_norm
+from gradx.updates import apply_updates, incremental_update, periodic_update
+
+from gradx.adam_family import *  # noqa: F401,F403
+from gradx.rms_family import *  # noqa: F401,F403
+from gradx.momentum import *  # noqa: F401,F403
+from gradx.sign_based import *  # noqa: F401,F403
+from gradx.factored import *  # noqa: F401,F403
+from gradx.scaling import *  # noqa: F401,F403
+from gradx.clipping import *  # noqa: F401,F403
+from gradx.weight_decay import *  # noqa: F401,F403
+from gradx.noise import *  # noqa: F401,F403
+from gradx.constraints import *  # noqa: F401,F403
+from gradx.accumulation import *  # noqa: F401,F403
+from gradx.step_size import *  # noqa: F401,F403
+from gradx.lbfgs import *  # noqa: F401,F403
+from gradx.linesearch import *  # noqa: F401,F403
+from gradx.schedules import *  # noqa: F401,F403
+from gradx.optimizers import *  # noqa: F401,F403
+
+__version__ = "0.1.0"

@@ -1,0 +1,48 @@
+"""Composition: ``chain`` applies transformations one after the other."""
+
+from collections import OrderedDict
+
+from gradx.base import GradientTransformation, GradientTransformationExtraArgs, with_extra_args_support
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArgs:
+    """Applies ``transforms`` in order; the state is a plain tuple with one entry per element.
+
+    Extra keyword arguments of ``update`` reach every element (elements that take none ignore
+    them), as in Optax.
+    """
+    transforms = tuple(with_extra_args_support(t) for t in transforms)
+
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(updates, state, params=None, **extra_args):
+        if len(state) != len(transforms):
+            raise ValueError(f"chain has {len(transforms)} transformations but the state has "
+                             f"{len(state)} entries: was it made by this chain's init?")
+        new_state = []
+        for t, s in zip(transforms, state):
+            updates, s = t.update(updates, s, params, **extra_args)
+            new_state.append(s)
+        return updates, tuple(new_state)
+
+    return GradientTransformationExtraArgs(init, update)
+
+
+def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformationExtraArgs:
+    """Like ``chain`` with named elements; the state is an ``OrderedDict`` from name to state."""
+    names = [name for name, _ in transforms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"named_chain needs distinct names, got {names}.")
+    transforms = [(name, with_extra_args_support(t)) for name, t in transforms]
+
+    def init(params):
+        return OrderedDict((name, t.init(params)) for name, t in transforms)
+
+    def update(updates, state, params=None, **extra_args):
+        new_state = OrderedDict()
+        for name, t in transforms:
+            updates, new_state[name] = t.update(updates, state[name], params, **extra_args)
+        return updates, new_state
+
+    return GradientTransformationExtraArgs(init, update)

@@ -1,0 +1,131 @@
+"""Tree plumbing shared by every transformation: matched flattening with errors that name the
+offending path, typed tree constructors, casts and norms.
+
+Paths are written as the keys from the root joined by ``/`` (``"encoder/layers_0/kernel"``).
+"""
+
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+
+def path_str(path) -> str:
+    """Joins a JAX key path into ``"a/b/0"``."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts) or "<root>"
+
+
+def leaf_paths(tree: PyTree, is_leaf=None) -> list[str]:
+    """The ``/``-joined path of every leaf, in flattening order."""
+    return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]]
+
+
+def _first_difference(reference: PyTree, other: PyTree, reference_name: str, name: str) -> str:
+    ref = {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(reference)[0]}
+    oth = {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(other)[0]}
+    for path in sorted(ref - oth):
+        return f"'{path}' is in {reference_name} but not in {name}"
+    for path in sorted(oth - ref):
+        return f"'{path}' is in {name} but not in {reference_name}"
+    return (f"the container types differ ({jax.tree.structure(reference)} vs "
+            f"{jax.tree.structure(other)})")
+
+
+def flatten_matching(reference: PyTree, others: Sequence[PyTree], names: Sequence[str],
+                     reference_name: str = "updates"):
+    """Flattens ``reference`` and each of ``others`` to leaf lists of the same layout.
+
+    Raises ``ValueError`` naming the first path where a tree's structure or a leaf's shape
+    differs from ``reference``.
+    """
+    ref_leaves, treedef = jax.tree.flatten(reference)
+    out = [ref_leaves]
+    for other, name in zip(others, names):
+        try:
+            leaves = treedef.flatten_up_to(other)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"{name} does not match {reference_name}: "
+                f"{_first_difference(reference, other, reference_name, name)}."
+            ) from error
+        if len(leaves) != len(ref_leaves):
+            raise ValueError(f"{name} does not match {reference_name}: "
+                             f"{_first_difference(reference, other, reference_name, name)}.")
+        for path, ref_leaf, leaf in zip(leaf_paths(reference), ref_leaves, leaves):
+            if np.shape(ref_leaf) != np.shape(leaf):
+                raise ValueError(f"{name} does not match {reference_name} at '{path}': shape "
+                                 f"{np.shape(leaf)} vs {np.shape(ref_leaf)}.")
+        out.append(leaves)
+    return treedef, out
+
+
+def canonicalize_dtype(dtype) -> Optional[np.dtype]:
+    """``None`` stays ``None``; float64 becomes float32 unless x64 is enabled."""
+    return None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
+
+
+def full_like(tree: PyTree, value, dtype=None) -> PyTree:
+    """A tree of arrays shaped like ``tree``'s leaves, filled with ``value``."""
+    return jax.tree.map(lambda x: jnp.full(jnp.shape(x), value, dtype or jnp.result_type(x)), tree)
+
+
+def zeros_like(tree: PyTree, dtype=None) -> PyTree:
+    return full_like(tree, 0, dtype)
+
+
+def cast(tree: PyTree, dtype) -> PyTree:
+    """Casts every leaf to ``dtype``; ``dtype=None`` leaves the tree unchanged."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), tree)
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    """``|x|²`` elementwise, real for complex ``x``."""
+    return (jnp.conj(x) * x).real if jnp.iscomplexobj(x) else x * x
+
+
+def squared_norm(tree: PyTree) -> jax.Array:
+    """``Σ |x|²`` over every element of every leaf."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.zeros([], jnp.float32)
+    return sum(jnp.sum(abs_sq(x)) for x in leaves)
+
+
+def global_norm(tree: PyTree) -> jax.Array:
+    """The L2 norm of all the elements of a tree, as one vector."""
+    return jnp.sqrt(squared_norm(tree))
+
+
+def tree_dtype(tree: PyTree, mixed: str = "highest"):
+    """The ``'highest'`` or ``'lowest'`` float dtype among the leaves (float32 for an empty tree)."""
+    dtypes = [jnp.result_type(x) for x in jax.tree.leaves(tree)]
+    if not dtypes:
+        return jnp.dtype(jnp.float32)
+    ordered = sorted(dtypes, key=lambda d: jnp.finfo(d).bits if jnp.issubdtype(d, jnp.inexact) else 0)
+    return ordered[-1] if mixed == "highest" else ordered[0]
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+    """A scalar bool: every element of every leaf is finite."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.array(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def where(condition, on_true: PyTree, on_false: PyTree) -> PyTree:
+    """Selects whole trees with a scalar condition."""
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
