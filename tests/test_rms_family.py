@@ -1,0 +1,153 @@
+"""scale_by_rms, scale_by_stddev, scale_by_rss and scale_by_adadelta against optax 0.2.8."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradx
+from support import assert_trees_close, compare, make_grads, make_params, run
+
+
+def complex_params():
+    real, imag = make_params(seed=0), make_params(seed=5)
+    return jax.tree.map(lambda a, b: (a + 1j * b).astype(jnp.complex64), real, imag)
+
+
+def complex_grads(params, step):
+    real = make_grads(jax.tree.map(jnp.real, params), step)
+    imag = make_grads(jax.tree.map(jnp.imag, params), step, seed=7)
+    return jax.tree.map(lambda a, b: (a + 1j * b).astype(jnp.complex64), real, imag)
+
+
+def compare_complex(ours, theirs):
+    params = complex_params()
+    a, a_params, a_state = run(ours, params, n_steps=4, grads_fn=complex_grads)
+    b, b_params, b_state = run(theirs, params, n_steps=4, grads_fn=complex_grads)
+    assert_trees_close(a, b, what="complex updates")
+    assert_trees_close(a_params, b_params, what="complex params")
+    assert_trees_close(a_state, b_state, what="complex state")
+    assert all(jnp.iscomplexobj(u) for u in jax.tree.leaves(a[-1]))
+
+
+def compare_bf16(ours, theirs):
+    """bf16 params keep bf16 updates and moments; same numbers as optax's bf16 arithmetic."""
+    params = make_params(jnp.bfloat16)
+    a, _, a_state = run(ours, params, n_steps=3)
+    b, _, b_state = run(theirs, params, n_steps=3)
+    assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(a[-1]))
+    assert all(x.dtype == y.dtype for x, y in zip(jax.tree.leaves(a_state), jax.tree.leaves(b_state)))
+    assert_trees_close(a, b, what="bf16 updates")
+
+
+def assert_same_state_class(ours, theirs, name):
+    params = make_params()
+    a, b = ours.init(params), theirs.init(params)
+    assert type(a).__name__ == type(b).__name__ == name
+    assert a._fields == b._fields
+    assert getattr(gradx, name)._fields == a._fields
+
+
+RMS_CONFIGS = [
+    {},
+    dict(decay=0.95, eps=1e-6, initial_scale=0.5, eps_in_sqrt=False, bias_correction=True),
+    dict(decay=0.8, eps=1e-4, eps_in_sqrt=True, bias_correction=True),
+]
+
+
+@pytest.mark.parametrize("kwargs", RMS_CONFIGS)
+def test_scale_by_rms_matches_optax(kwargs):
+    ours, theirs = gradx.scale_by_rms(**kwargs), optax.scale_by_rms(**kwargs)
+    compare(ours, theirs)
+    expected = "ScaleByRmsWithCountState" if kwargs.get("bias_correction") else "ScaleByRmsState"
+    assert_same_state_class(ours, theirs, expected)
+
+
+@pytest.mark.parametrize("kwargs", RMS_CONFIGS)
+def test_scale_by_stddev_matches_optax(kwargs):
+    ours, theirs = gradx.scale_by_stddev(**kwargs), optax.scale_by_stddev(**kwargs)
+    compare(ours, theirs)
+    expected = ("ScaleByRStdDevWithCountState" if kwargs.get("bias_correction")
+                else "ScaleByRStdDevState")
+    assert_same_state_class(ours, theirs, expected)
+
+
+def test_scale_by_rms_equals_adam_without_first_moment():
+    ours = gradx.scale_by_rms(decay=0.99, eps_in_sqrt=False, bias_correction=True)
+    compare(ours, optax.scale_by_adam(b1=0.0, b2=0.99), compare_state=False)
+
+
+def test_scale_by_rms_first_step_closed_form():
+    g = {"w": jnp.array([3.0, -4.0, 0.0])}
+    tx = gradx.scale_by_rms(decay=0.9, eps=0.0, initial_scale=0.0)
+    u, state = jax.jit(tx.update)(g, tx.init(g))
+    # ν = 0.1·g², u = g/√ν = sign(g)/√0.1 (0/0 is nan only where g = 0 and eps = 0)
+    np.testing.assert_allclose(np.asarray(u["w"])[:2], [1 / np.sqrt(0.1), -1 / np.sqrt(0.1)], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(state.nu["w"]), [0.9, 1.6, 0.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["scale_by_rms", "scale_by_stddev"])
+def test_rms_complex_matches_optax(name):
+    compare_complex(getattr(gradx, name)(), getattr(optax, name)())
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(initial_accumulator_value=0.0, eps=1e-5)])
+def test_scale_by_rss_matches_optax(kwargs):
+    ours, theirs = gradx.scale_by_rss(**kwargs), optax.scale_by_rss(**kwargs)
+    compare(ours, theirs)
+    assert_same_state_class(ours, theirs, "ScaleByRssState")
+
+
+def test_scale_by_rss_zero_accumulator_gives_zero_update():
+    tx = gradx.scale_by_rss(initial_accumulator_value=0.0, eps=0.0)
+    g = {"w": jnp.array([0.0, 2.0])}
+    u, state = jax.jit(tx.update)(g, tx.init(g))
+    np.testing.assert_array_equal(np.asarray(u["w"]), [0.0, 1.0])
+    np.testing.assert_array_equal(np.asarray(state.sum_of_squares["w"]), [0.0, 4.0])
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(rho=0.5, eps=1e-4)])
+def test_scale_by_adadelta_matches_optax(kwargs):
+    ours, theirs = gradx.scale_by_adadelta(**kwargs), optax.scale_by_adadelta(**kwargs)
+    compare(ours, theirs)
+    assert_same_state_class(ours, theirs, "ScaleByAdaDeltaState")
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("scale_by_rms", dict(bias_correction=True)),
+    ("scale_by_stddev", {}),
+    ("scale_by_rss", {}),
+    ("scale_by_adadelta", {}),
+])
+def test_bf16_params_keep_bf16(name, kwargs):
+    compare_bf16(getattr(gradx, name)(**kwargs), getattr(optax, name)(**kwargs))
+
+
+@pytest.mark.parametrize("factory, kwargs, message", [
+    (gradx.scale_by_rms, dict(decay=1.5), r"decay must be in \[0.0, 1.0\], got decay=1.5"),
+    (gradx.scale_by_rms, dict(decay=-0.1), r"decay must be in \[0.0, 1.0\], got decay=-0.1"),
+    (gradx.scale_by_rms, dict(decay=1.0, bias_correction=True),
+     r"decay must be in \[0.0, 1.0\), got decay=1.0"),
+    (gradx.scale_by_rms, dict(eps=-1e-8), r"eps must be >= 0, got eps=-1e-08"),
+    (gradx.scale_by_rms, dict(initial_scale=-1.0), r"initial_scale must be >= 0, got initial_scale=-1.0"),
+    (gradx.scale_by_stddev, dict(decay=2.0), r"decay must be in \[0.0, 1.0\], got decay=2.0"),
+    (gradx.scale_by_stddev, dict(eps=-1.0), r"eps must be >= 0, got eps=-1.0"),
+    (gradx.scale_by_rss, dict(initial_accumulator_value=-0.1),
+     r"initial_accumulator_value must be >= 0, got initial_accumulator_value=-0.1"),
+    (gradx.scale_by_rss, dict(eps=-1e-7), r"eps must be >= 0, got eps=-1e-07"),
+    (gradx.scale_by_adadelta, dict(rho=1.1), r"rho must be in \[0.0, 1.0\], got rho=1.1"),
+    (gradx.scale_by_adadelta, dict(eps=0.0), r"eps must be > 0, got eps=0.0"),
+])
+def test_invalid_hyperparameters_raise(factory, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        factory(**kwargs)
+
+
+def test_boundary_values_optax_accepts_are_accepted():
+    params = make_params()
+    for tx in (gradx.scale_by_rms(decay=1.0, initial_scale=1.0), gradx.scale_by_rms(decay=0.0),
+               gradx.scale_by_stddev(decay=1.0, initial_scale=1.0), gradx.scale_by_rss(eps=0.0),
+               gradx.scale_by_adadelta(rho=0.0), gradx.scale_by_adadelta(rho=1.0)):
+        u, _ = jax.jit(tx.update)(make_grads(params, 0), tx.init(params))
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
