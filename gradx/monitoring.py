@@ -63,7 +63,8 @@ def monitor(measures: dict[str, Union[GradientTransformation, Callable[[Any], An
         states = tuple(m.init(params) for m in measures.values())
         shapes = {name: jax.eval_shape(lambda p, s, m=m: m.update(p, s, p)[0], params, state)
                   for (name, m), state in zip(measures.items(), states)}
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        zeros = {name: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
+                 for name, shape in shapes.items()}
         return MonitorState(zeros, states)
 
     def update(updates, state, params=None, **extra_args):
