@@ -1,3 +1,78 @@
-"""(being written)"""
+"""Annealed Gaussian gradient noise."""
 
-__all__: list[str] = []
+import warnings
+from typing import NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+
+from gradx import checks
+from gradx.base import GradientTransformation, safe_increment
+
+
+class AddNoiseState(NamedTuple):
+    """The step count (int32) and the PRNG key for the next step's noise."""
+
+    count: jax.Array
+    rng_key: jax.Array
+
+
+def _as_key(key: Union[jax.Array, int]) -> jax.Array:
+    """A typed PRNG key from a typed key, an integer seed, or a legacy raw ``uint32`` key."""
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if jnp.ndim(key) == 0:
+        return jax.random.key(key)
+    return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+
+
+def _add_normal(g, std, key):
+    dtype = jnp.result_type(g)
+    return (g + std * jax.random.normal(key, jnp.shape(g), dtype)).astype(dtype)
+
+
+def add_noise(eta: jax.typing.ArrayLike, gamma: jax.typing.ArrayLike,
+              key: Union[jax.Array, int, None] = None, *,
+              seed: Optional[int] = None) -> GradientTransformation:
+    """Adds annealed Gaussian noise: ``u = g + σ_t · N(0, 1)`` with ``σ_t = √(eta / t^gamma)``,
+    ``t`` the step count after the increment (1 on the first update).
+
+    Each step splits the state key into the next state key and a sample key, and the sample key
+    into one key per leaf (in flattening order); each leaf's noise is drawn in its dtype. So the
+    noise is bit-identical to Optax's for the same key. State ``AddNoiseState(count, rng_key)``.
+
+    ``key``: a typed key (``jax.random.key``), an integer seed, or — unlike Optax, which rejects
+    it — a legacy raw key (``jax.random.PRNGKey``), used as the typed key with the same data.
+    ``key=None`` warns and uses seed 0; ``seed=`` is a deprecated spelling of an integer key.
+    Reference: Neelakantan et al., "Adding Gradient Noise Improves Learning for Very Deep
+    Networks" (2015).
+    """
+    if seed is not None:
+        warnings.warn('"seed" is deprecated, use "key".', DeprecationWarning, stacklevel=2)
+        if key is not None:
+            raise ValueError("Only one of seed or key can be specified.")
+        key = seed
+    if key is None:
+        warnings.warn("add_noise got no key and uses seed 0; pass key= to choose the noise.",
+                      stacklevel=2)
+        key = 0
+    checks.non_negative("eta", eta)
+
+    def init(params):
+        del params
+        return AddNoiseState(count=jnp.zeros([], jnp.int32), rng_key=_as_key(key))
+
+    def update(updates, state, params=None):
+        del params
+        count = safe_increment(state.count)
+        std = jnp.sqrt(eta / count ** gamma)
+        rng_key, sample_key = jax.random.split(state.rng_key)
+        leaves, treedef = jax.tree.flatten(updates)
+        keys = jax.random.split(sample_key, len(leaves))
+        noisy = [_add_normal(g, std, k) for g, k in zip(leaves, keys)]
+        return treedef.unflatten(noisy), AddNoiseState(count=count, rng_key=rng_key)
+
+    return GradientTransformation(init, update)
+
+
+__all__ = ["AddNoiseState", "add_noise"]
