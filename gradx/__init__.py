@@ -28,5 +28,6 @@ from gradx.lbfgs import *  # noqa: F401,F403
 from gradx.linesearch import *  # noqa: F401,F403
 from gradx.schedules import *  # noqa: F401,F403
 from gradx.optimizers import *  # noqa: F401,F403
+from gradx.hyperparams import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
