@@ -151,7 +151,7 @@ def polynomial_schedule(init_value, end_value, power, transition_steps: int,
     """Polynomial transition from ``init_value`` to ``end_value``.
 
     ``k = clip(count - transition_begin, 0, T)``; value ``(init - end)·((T - k)/T)^power + end``
-    with ``T = transition_steps``: ``init`` before ``transition_begin``, ``end`` from
+    (for ``power=1``: ``init·(T - k)/T + end·k/T``) with ``T = transition_steps``: ``init`` before ``transition_begin``, ``end`` from
     ``transition_begin + T`` on. ``T <= 0`` gives the constant ``init_value``; a negative
     ``transition_begin`` counts as 0 (both as in Optax, which logs them).
     """
@@ -162,7 +162,10 @@ def polynomial_schedule(init_value, end_value, power, transition_steps: int,
 
     def schedule(count):
         elapsed = jnp.clip(_float_count(count) - begin, 0.0, total)
-        return (init_value - end_value) * ((total - elapsed) / total) ** power + end_value
+        left = (total - elapsed) / total
+        if isinstance(power, int) and power == 1:  # exact at both ends, warmups included
+            return _linear(init_value, end_value, elapsed / total, left)
+        return (init_value - end_value) * left ** power + end_value
 
     return schedule
 
