@@ -12,7 +12,7 @@ from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
 import jax
 import jax.numpy as jnp
 
-from gradx import tree_utils
+from gradx import checks, tree_utils
 from gradx.base import (GradientTransformation, GradientTransformationExtraArgs, safe_increment,
                         with_extra_args_support)
 from gradx.wrappers import cond_update
@@ -83,6 +83,7 @@ class MultiSteps:
 
     - ``opt`` runs only on the emitting mini-step (``lax.cond``), not on every mini-step; its
       new state is cast to the old state's dtypes, so bf16/f32 states cannot break the cond.
+    - an integer ``every_k_schedule`` below 1 raises ``ValueError`` (Optax divides by zero).
     - ``accumulator_dtype=None`` (the default) accumulates each leaf in ``float32`` or its own
       dtype when wider (float64 under x64, complex kept complex); Optax's ``float32`` default
       loses precision under x64 and drops imaginary parts.
@@ -93,6 +94,8 @@ class MultiSteps:
                  use_grad_mean: bool = True,
                  should_skip_update_fn: Optional[ShouldSkipUpdateFunction] = None,
                  accumulator_dtype: Optional[jax.typing.DTypeLike] = None):
+        if not callable(every_k_schedule):
+            checks.positive("every_k_schedule", every_k_schedule)
         self._opt = with_extra_args_support(opt)
         self._every_k_schedule = (every_k_schedule if callable(every_k_schedule)
                                   else lambda step: every_k_schedule)

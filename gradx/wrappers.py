@@ -8,7 +8,7 @@ inner state bit-identical.
 """
 
 import logging
-from typing import Any, Callable, NamedTuple, Optional, Protocol
+from typing import Any, NamedTuple, Optional, Protocol
 
 import jax
 import jax.numpy as jnp

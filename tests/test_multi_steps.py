@@ -134,6 +134,11 @@ def test_skip_function_must_return_a_bool_scalar():
         tx.update(params, tx.init(params), params)
 
 
+def test_every_k_must_be_positive():
+    with pytest.raises(ValueError, match=r"every_k_schedule must be > 0, got every_k_schedule=0\."):
+        MultiSteps(inner(), 0)
+
+
 def test_accumulator_follows_float64_under_x64():
     with jax.enable_x64(True):
         params = {"w": jnp.ones(2, jnp.float64)}
