@@ -51,8 +51,9 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, rtol: float = 1e-
       ``(1 - rtol)·best`` lies *above* ``best``, so a value that has not moved counts as an
       improvement and the scale is never cut (optax PR#1767). Here the relative margin is
       ``rtol·|best|``: identical for ``best >= 0``, correct below zero.
-    * ``patience=0`` cuts at the first evaluation without improvement (as ``patience=1``);
-      Optax never cuts with it.
+    * ``patience=0`` cuts at every evaluation without improvement (as ``patience=1``). Optax
+      instead cuts at every *improving* evaluation (the improvement resets its plateau count
+      to 0, which equals ``patience``) and never at a bad one.
     * The updates keep the gradients' dtype (the scale is cast to it).
     * Invalid ``patience``, ``cooldown``, ``accumulation_size`` (< 1) or ``min_scale`` (< 0)
       raise ``ValueError``; the checks on ``factor``, ``rtol`` and ``atol`` are Optax's.
