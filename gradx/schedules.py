@@ -210,7 +210,7 @@ def exponential_decay(init_value, transition_steps: int, decay_rate: float,
         return _constant(init_value)
     begin = _steps(max(transition_begin, 0))
     total = _steps(transition_steps)
-    bound = jnp.maximum if decay_rate < 1.0 else jnp.minimum
+    bound = None if end_value is None else jnp.maximum if decay_rate < 1.0 else jnp.minimum
 
     def schedule(count):
         elapsed = _float_count(count) - begin
@@ -218,7 +218,7 @@ def exponential_decay(init_value, transition_steps: int, decay_rate: float,
         if staircase:
             exponent = jnp.floor(exponent)
         value = jnp.where(elapsed <= 0, init_value, init_value * jnp.power(decay_rate, exponent))
-        return value if end_value is None else bound(value, end_value)
+        return value if bound is None else bound(value, end_value)
 
     return schedule
 

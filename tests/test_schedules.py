@@ -9,7 +9,7 @@ import pytest
 
 import gradx
 from gradx import schedules
-from support import ATOL, RTOL
+from support import ATOL, RTOL, compare
 
 SGDR = [dict(init_value=0.1, peak_value=1.0, warmup_steps=5, decay_steps=30),
         dict(init_value=0.0, peak_value=0.5, warmup_steps=3, decay_steps=40, exponent=2.0)]
@@ -122,7 +122,6 @@ def test_join_schedules_matches_optax():
 
 
 def test_schedule_in_an_optimizer_matches_optax():
-    from support import compare
     ours = gradx.scale_by_schedule(gradx.warmup_cosine_decay_schedule(0.0, 1.0, 2, 6))
     theirs = optax.scale_by_schedule(optax.warmup_cosine_decay_schedule(0.0, 1.0, 2, 6))
     compare(ours, theirs, n_steps=7)
