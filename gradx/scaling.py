@@ -175,8 +175,11 @@ def normalize_by_update_norm(scale_factor: jax.typing.ArrayLike = 1.0,
     Defaults ``scale_factor=1.0, eps=1e-6``; ``EmptyState``. Same as Optax.
     """
     checks.non_negative("eps", eps)
-    return stateless_rule(lambda g, *, norm: g / norm,
-                          scalars=lambda updates: {"norm": (global_norm(updates) + eps) / scale_factor})
+
+    def scalars(updates):
+        return {"norm": (global_norm(updates) + eps) / scale_factor}
+
+    return stateless_rule(lambda g, *, norm: g / norm, scalars=scalars)
 
 
 def _subtract_mean(g):

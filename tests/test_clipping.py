@@ -43,7 +43,8 @@ def test_cases_actually_clip():
     for name in ("clip", "block_rms", "agc", "agc_eps"):
         tx = CASES[name][0](gradx)
         u = jax.jit(tx.update)(grads, tx.init(params), params)[0]
-        changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(grads))]
+        changed = [not np.allclose(a, b)
+                   for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(grads))]
         assert any(changed), name
     assert 1.0 < float(gradx.global_norm(grads)) < 1e3
 
