@@ -202,3 +202,48 @@ def test_radam_rho_is_accurate_in_float32():
         exact = 2 / (1 - b2) - 1 - 2 * t * b2**t / (1 - b2**t)
         ours = np.asarray(jax.jit(lambda t: _radam_rho(t, b2)[0])(jnp.asarray(t, jnp.float32)))
         np.testing.assert_allclose(ours, exact, rtol=1e-6, atol=1e-6 * math.fabs(exact[0]))
+
+
+@pytest.mark.parametrize("max_norm, norm_type", [(1.0, 2.0), (1e3, 2.0), (5.0, 1.0), (2.0, 3.0),
+                                                 (0.5, float("inf")), (0.5, "inf")])
+def test_clip_grad_norm_matches_torch(max_norm, norm_type):
+    grads = make_grads(2)[1]
+    tx = tc.clip_grad_norm(max_norm, norm_type)
+    ours, _ = jax.jit(tx.update)(jax.tree.map(jnp.asarray, grads), tx.init(grads))
+    tensors = [torch.nn.Parameter(torch.zeros(np.shape(g))) for g in jax.tree.leaves(grads)]
+    for p, g in zip(tensors, jax.tree.leaves(grads)):
+        p.grad = torch.tensor(np.array(g))
+    norm = torch.nn.utils.clip_grad_norm_(tensors, max_norm, norm_type)
+    expected = jax.tree.structure(grads).unflatten([p.grad.numpy() for p in tensors])
+    assert_close(ours, expected, "clipped")
+    assert_close(jax.jit(tc.total_norm, static_argnums=1)(grads, float(norm_type)), norm.numpy(),
+                 "total norm")
+
+
+def test_clip_grad_norm_keeps_torch_epsilon():
+    """At ‖g‖ = max_norm torch still scales by max/(‖g‖ + 1e-6) (optax: by exactly 1)."""
+    g = {"a": jnp.asarray([3.0, 4.0])}
+    tx = tc.clip_grad_norm(5.0)
+    clipped, _ = jax.jit(tx.update)(g, tx.init(g))
+    np.testing.assert_allclose(clipped["a"], np.asarray([3.0, 4.0]) * 5.0 / (5.0 + 1e-6), rtol=1e-7)
+    assert float(clipped["a"][1]) < 4.0
+
+
+def test_clip_grad_value_matches_torch():
+    grads = make_grads(3)[2]
+    tx = tc.clip_grad_value(1.5)
+    ours, _ = jax.jit(tx.update)(jax.tree.map(jnp.asarray, grads), tx.init(grads))
+    tensors = [torch.nn.Parameter(torch.zeros(np.shape(g))) for g in jax.tree.leaves(grads)]
+    for p, g in zip(tensors, jax.tree.leaves(grads)):
+        p.grad = torch.tensor(np.array(g))
+    torch.nn.utils.clip_grad_value_(tensors, 1.5)
+    assert_close(ours, jax.tree.structure(grads).unflatten([p.grad.numpy() for p in tensors]))
+
+
+def test_clipping_bad_input():
+    with pytest.raises(ValueError, match="Invalid norm_type value: norm_type must be > 0 or inf"):
+        tc.clip_grad_norm(1.0, norm_type=0.0)
+    with pytest.raises(ValueError, match="Invalid max_norm value: max_norm must be >= 0"):
+        tc.clip_grad_norm(-1.0)
+    with pytest.raises(ValueError, match="Invalid clip_value value: clip_value must be >= 0"):
+        tc.clip_grad_value(-1.0)

@@ -73,7 +73,9 @@ def exponential_lr(lr: float, gamma: float) -> Schedule:
 
 def polynomial_lr(lr: float, total_iters: int = 5, power: float = 1.0) -> Schedule:
     """``PolynomialLR``: ``lr·(1 - min(t, T)/T)^power``, 0 from ``T`` on."""
-    return lambda count: lr * (1 - jnp.minimum(_t(count), total_iters) / total_iters) ** power
+    # (T - min(t, T))/T, not 1 - min(t, T)/T: under jit XLA turns /T into ·(1/T), which can
+    # leave -1e-7 at t = T (and NaN after the power).
+    return lambda count: lr * ((total_iters - jnp.minimum(_t(count), total_iters)) / total_iters) ** power
 
 
 def cosine_annealing_lr(lr: float, T_max: int, eta_min: float = 0.0) -> Schedule:
