@@ -50,6 +50,8 @@ def assert_trees_close(actual, expected, rtol=RTOL, atol=ATOL, what=""):
         f"{what}: {len(actual_leaves)} leaves vs {len(expected_leaves)}\n{actual_def}\n{expected_def}")
     for i, (a, e) in enumerate(zip(actual_leaves, expected_leaves)):
         assert np.shape(a) == np.shape(e), f"{what} leaf {i}: shape {np.shape(a)} vs {np.shape(e)}"
+        if jax.dtypes.issubdtype(jnp.result_type(a), jax.dtypes.prng_key):
+            a, e = jax.random.key_data(a), jax.random.key_data(e)
         np.testing.assert_allclose(np.asarray(a, np.float64) if not np.iscomplexobj(a) else np.asarray(a),
                                    np.asarray(e, np.float64) if not np.iscomplexobj(e) else np.asarray(e),
                                    rtol=rtol, atol=atol, err_msg=f"{what} leaf {i}")
