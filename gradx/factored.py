@@ -1,3 +1,232 @@
-"""(being written)"""
+"""Memory-saving second moments: Adafactor's factored RMS and SM3's per-axis accumulators.
 
-__all__: list[str] = []
+Both keep, for each leaf, buffers that are *not* shaped like the leaf (row and column
+statistics; one accumulator per axis), which :func:`gradx.leafwise` cannot hold. They are
+written as per-leaf rules, like every other rule, and built by ``_shaped_leafwise`` below,
+the same builder with per-leaf state entries of any shape.
+"""
+
+import functools
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradx import checks, tree_utils
+from gradx.base import NO_PARAMS_MSG, GradientTransformation, Updates, safe_increment
+from gradx.tree_utils import abs_sq
+
+
+def _shaped_leafwise(rule, init_entries, state_cls, fields, step_scalars=None,
+                     requires_params: bool = False) -> GradientTransformation:
+    """:func:`gradx.leafwise` for per-leaf state entries of any shape.
+
+    ``init_entries(param)`` returns one entry (an array or a list of arrays) per name in
+    ``fields``; ``rule(g, *entries, **step_scalars(count))`` returns the update followed by the
+    new entries. Each new entry keeps the old one's dtype, the update the gradient's dtype; the
+    state's ``count`` (if it has one) advances by one (``count`` is the step number from 1).
+    ``requires_params`` only demands params (as Optax does); the rule does not receive them.
+    The rule reduces over its leaf (not elementwise).
+    """
+    has_count = "count" in state_cls._fields
+
+    def init(params):
+        leaves, treedef = jax.tree.flatten(params)
+        entries = [init_entries(p) for p in leaves]
+        state = {name: treedef.unflatten([e[i] for e in entries]) for i, name in enumerate(fields)}
+        if has_count:
+            state["count"] = jnp.zeros([], jnp.int32)
+        return state_cls(**state)
+
+    def update(updates, state, params=None):
+        if requires_params and params is None:
+            raise ValueError(NO_PARAMS_MSG)
+        treedef, (grads, *_) = tree_utils.flatten_matching(
+            updates, [params] if requires_params else [], ["params"])
+        entries = []
+        for name in fields:
+            try:
+                entries.append(treedef.flatten_up_to(getattr(state, name)))
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"state.{name} does not match updates.") from error
+        count = safe_increment(state.count) if has_count else None
+        scalars = step_scalars(count) if step_scalars is not None else {}
+        new_updates, new_entries = [], [[] for _ in fields]
+        for g, *old in zip(grads, *entries):
+            u, *new = rule(g, *old, **scalars)
+            new_updates.append(jnp.asarray(u).astype(jnp.result_type(g)))
+            for slot, n, o in zip(new_entries, new, old):
+                slot.append(jax.tree.map(lambda a, b: jnp.asarray(a).astype(jnp.result_type(b)), n, o))
+        state = {name: treedef.unflatten(e) for name, e in zip(fields, new_entries)}
+        if has_count:
+            state["count"] = count
+        return treedef.unflatten(new_updates), state_cls(**state)
+
+    return GradientTransformation(init, update)
+
+
+# --------------------------------------------------------------------------------------------
+# Adafactor's factored second moment.
+
+
+def _decay_rate_pow(i, exponent=0.8) -> jax.Array:
+    """Adafactor's second-moment decay ``β_t = 1 - (i + 1)^(-exponent)`` at step ``i`` (from 0).
+
+    Computed in the default float dtype (float64 under x64): Optax computes it in float32,
+    which loses ~1e-9 relative precision on float64 parameters.
+    """
+    t = jnp.asarray(i + 1, jax.dtypes.canonicalize_dtype(jnp.float64))
+    return 1.0 - t ** (-exponent)
+
+
+def _factored_dims(shape, factored: bool, min_dim_size_to_factor: int) -> Optional[tuple[int, int]]:
+    """The (second largest, largest) axes to factor over, or ``None`` to keep a full moment.
+
+    A leaf is factored when it has at least 2 axes and its second largest axis has at least
+    ``min_dim_size_to_factor`` elements; ties keep the earlier axis first.
+    """
+    if not factored or len(shape) < 2:
+        return None
+    order = np.argsort(shape, kind="stable")
+    if shape[order[-2]] < min_dim_size_to_factor:
+        return None
+    return int(order[-2]), int(order[-1])
+
+
+class FactoredState(NamedTuple):
+    """Overall state of the gradient transformation."""
+
+    count: jax.Array  # number of update steps.
+    v_row: Updates  # factored leaves: statistics with the largest axis reduced; else shape (1,).
+    v_col: Updates  # factored leaves: statistics with the second largest axis reduced.
+    v: Updates  # leaves that are not factored: full second moment; else shape (1,).
+
+
+def scale_by_factored_rms(
+    factored: bool = True,
+    decay_rate=0.8,
+    step_offset=0,
+    min_dim_size_to_factor: int = 128,
+    epsilon=1e-30,
+    decay_rate_fn: Callable = _decay_rate_pow,
+) -> GradientTransformation:
+    """Adafactor scaling: divide by the root of a factored estimate of the squared gradients.
+
+    ``β = decay_rate_fn(c - step_offset, decay_rate)`` with ``c`` the step from 0 (by default
+    ``β = 1 - (c - step_offset + 1)^-decay_rate``, so ``β = 0`` on the first step). With
+    ``G = |g|² + epsilon``:
+
+    * a factored leaf (>= 2 axes, second largest axis ``k`` >= ``min_dim_size_to_factor``; ``l``
+      the largest): ``R ← β·R + (1-β)·mean_l(G)``, ``C ← β·C + (1-β)·mean_k(G)``,
+      ``V̂ = R ⊗ C / mean_k(R)`` and ``u = g / √V̂``;
+    * any other leaf: ``V ← β·V + (1-β)·G`` and ``u = g / √V``.
+
+    Defaults: ``factored=True, decay_rate=0.8, step_offset=0, min_dim_size_to_factor=128,
+    epsilon=1e-30``. State ``FactoredState(count, v_row, v_col, v)``; unused slots hold
+    zeros of shape (1,). Params are required (as in Optax), though only their structure is used.
+
+    Reference: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory
+    Cost", ICML 2018, Algorithm 4; Zhai et al., "Scaling Vision Transformers", 2021 (capped
+    ``decay_rate_fn``).
+
+    Differs from Optax: the default ``β`` is computed in the default float dtype, not float32,
+    so it is exact under x64 (float64 params get float64-accurate updates); ``decay_rate < 0``,
+    ``epsilon < 0`` and ``min_dim_size_to_factor < 0`` raise ValueError.
+    """
+    checks.non_negative("decay_rate", decay_rate)
+    checks.non_negative("epsilon", epsilon)
+    checks.non_negative("min_dim_size_to_factor", min_dim_size_to_factor)
+
+    def init_entries(p):
+        dims = _factored_dims(p.shape, factored, min_dim_size_to_factor)
+        unused = jnp.zeros((1,), p.dtype)
+        if dims is None:
+            return unused, unused, jnp.zeros(p.shape, p.dtype)
+        small, large = dims
+        without = lambda axis: tuple(n for i, n in enumerate(p.shape) if i != axis)
+        return jnp.zeros(without(large), p.dtype), jnp.zeros(without(small), p.dtype), unused
+
+    def rule(g, v_row, v_col, v, *, beta):
+        g_sq = abs_sq(g) + epsilon
+        dims = _factored_dims(g.shape, factored, min_dim_size_to_factor)
+        if dims is None:
+            v = (beta * v + (1 - beta) * g_sq).astype(v.dtype)
+            return g * v ** -0.5, v_row, v_col, v
+        small, large = dims
+        v_row = (beta * v_row + (1 - beta) * jnp.mean(g_sq, axis=large)).astype(v_row.dtype)
+        v_col = (beta * v_col + (1 - beta) * jnp.mean(g_sq, axis=small)).astype(v_col.dtype)
+        # V̂ = R ⊗ C / mean(R): R lacks the largest axis, so `small` shifts if it came after it.
+        row_mean = jnp.mean(v_row, axis=small - (small > large), keepdims=True)
+        row_factor = jnp.expand_dims((v_row / row_mean) ** -0.5, large)
+        col_factor = jnp.expand_dims(v_col ** -0.5, small)
+        return g * row_factor * col_factor, v_row, v_col, v
+
+    def step_scalars(count):
+        return {"beta": decay_rate_fn(count - 1 - step_offset, decay_rate)}
+
+    return _shaped_leafwise(rule, init_entries, FactoredState, ("v_row", "v_col", "v"),
+                            step_scalars, requires_params=True)
+
+
+# --------------------------------------------------------------------------------------------
+# SM3.
+
+
+class ScaleBySM3State(NamedTuple):
+    """State for the SM3 algorithm."""
+
+    mu: Updates  # per leaf: a list of per-axis accumulators (one accumulator if ndim < 2)
+    nu: Updates
+
+
+def scale_by_sm3(b1=0.9, b2=1.0, eps=1e-8) -> GradientTransformation:
+    """SM3 scaling: Adagrad with one max-accumulator per axis instead of one per element.
+
+    For a leaf with ``k >= 2`` axes and per-axis accumulators ``μ_1..μ_k``::
+
+        A = c·g² + b2·min_i μ_i (broadcast)      c = 1 if b2 == 1 (a plain sum) else 1 - b2
+        μ_i ← max of A over every axis but i
+        û = g / √(A + eps) where A > 0, else 0
+        ν ← (1 - b1)·û + b1·ν                    (the output)
+
+    Leaves with fewer than 2 axes keep a single accumulator shaped like the leaf
+    (``A = c·g² + b2·A``, ``μ = [A]``).
+
+    Defaults: ``b1=0.9, b2=1.0, eps=1e-8``. State ``ScaleBySM3State(mu, nu)``.
+
+    Reference: Anil et al., "Memory-Efficient Adaptive Optimization", NeurIPS 2019 (SM3-II).
+
+    Differs from Optax: 0-d (scalar) leaves are accepted and treated like 1-d ones (one
+    accumulator, here 0-d); Optax has no accumulator for them and raises IndexError.
+    ``b1`` outside [0, 1), ``b2`` outside [0, 1] and ``eps < 0`` raise ValueError. Complex
+    params are rejected, as in Optax.
+    """
+    checks.in_range("b1", b1, 0.0, 1.0)
+    checks.in_range("b2", b2, 0.0, 1.0, high_open=False)
+    checks.non_negative("eps", eps)
+
+    def init_entries(p):
+        if jnp.issubdtype(p.dtype, jnp.complexfloating):
+            raise ValueError("scale_by_sm3 does not support complex parameters.")
+        shapes = [p.shape] if len(p.shape) < 2 else [(n,) for n in p.shape]
+        return [jnp.zeros(s, p.dtype) for s in shapes], jnp.zeros(p.shape, p.dtype)
+
+    def rule(g, mu, nu):
+        gain = jnp.where(jnp.asarray(b2) == 1, 1.0, 1 - b2)
+        if g.ndim < 2:
+            acc = gain * abs_sq(g) + b2 * mu[0]
+            mu = [acc]
+        else:
+            axes = range(g.ndim)
+            along = [jnp.reshape(m, [-1 if j == i else 1 for j in axes]) for i, m in zip(axes, mu)]
+            acc = gain * abs_sq(g) + b2 * functools.reduce(jnp.minimum, along)
+            mu = [jnp.max(acc, axis=tuple(j for j in axes if j != i)) for i in axes]
+        u = jnp.where(acc > 0, jax.lax.rsqrt(acc + eps), 0.0) * g
+        nu = (1 - b1) * u + b1 * nu
+        return nu, mu, nu
+
+    return _shaped_leafwise(rule, init_entries, ScaleBySM3State, ("mu", "nu"))
+
+
+__all__ = ["FactoredState", "scale_by_factored_rms", "ScaleBySM3State", "scale_by_sm3"]

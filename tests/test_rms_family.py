@@ -145,9 +145,9 @@ def test_invalid_hyperparameters_raise(factory, kwargs, message):
 
 
 def test_boundary_values_optax_accepts_are_accepted():
-    params = make_params()
+    params = {"w": jnp.array([0.5, -2.0, 0.0])}
     for tx in (gradx.scale_by_rms(decay=1.0, initial_scale=1.0), gradx.scale_by_rms(decay=0.0),
                gradx.scale_by_stddev(decay=1.0, initial_scale=1.0), gradx.scale_by_rss(eps=0.0),
                gradx.scale_by_adadelta(rho=0.0), gradx.scale_by_adadelta(rho=1.0)):
-        u, _ = jax.jit(tx.update)(make_grads(params, 0), tx.init(params))
+        u, _ = tx.update({"w": jnp.array([1.0, -3.0, 0.5])}, tx.init(params))
         assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
