@@ -50,7 +50,9 @@ def _torch_index(params, names, param_groups, torch_names) -> dict:
     if names is None:
         return {path: i for i, path in enumerate(paths)}
     keys = jax.tree.structure(params).flatten_up_to(names)
-    if torch_names is None:
+    if not any(isinstance(key, str) for key in keys):
+        torch_names = {}
+    elif torch_names is None:
         torch_names = {}
         for group in param_groups:
             if "param_names" not in group:
