@@ -57,7 +57,7 @@ def _shaped_leafwise(rule, init_entries, state_cls, fields, step_scalars=None,
             u, *new = rule(g, *old, **scalars)
             new_updates.append(jnp.asarray(u).astype(jnp.result_type(g)))
             for slot, n, o in zip(new_entries, new, old):
-                slot.append(jax.tree.map(lambda a, b: jnp.asarray(a).astype(jnp.result_type(b)), n, o))
+                slot.append(jax.tree.map(lambda a, b: jnp.asarray(a).astype(b.dtype), n, o))
         state = {name: treedef.unflatten(e) for name, e in zip(fields, new_entries)}
         if has_count:
             state["count"] = count

@@ -188,3 +188,24 @@ def test_sm3_rejects_complex():
 def test_invalid_hyperparameters_raise(factory, kwargs, message):
     with pytest.raises(ValueError, match=message):
         factory(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["scale_by_factored_rms", "scale_by_sm3"])
+def test_init_on_shapes_and_under_masked(name):
+    params = without_scalar(make_params())
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    ours, theirs = getattr(gradx, name)(), getattr(optax, name)()
+    assert_trees_close(ours.init(shapes), theirs.init(params))
+    mask = {"dense": True, "conv": False, "head": True}
+    compare(gradx.masked(ours, mask), optax.masked(theirs, mask), params=params, n_steps=2)
+
+
+def test_mismatched_state_and_params_raise():
+    tx = gradx.scale_by_sm3()
+    state = tx.init({"a": jnp.ones((2, 3))})
+    with pytest.raises(ValueError, match="state.mu does not match updates"):
+        tx.update({"b": jnp.ones((2, 3))}, state)
+    tx = gradx.scale_by_factored_rms()
+    params = {"a": jnp.ones((2, 3))}
+    with pytest.raises(ValueError, match=r"params does not match updates at 'a': shape \(2, 3\) vs \(3,\)"):
+        tx.update({"a": jnp.ones(3)}, tx.init(params), params)
