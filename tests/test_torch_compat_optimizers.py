@@ -184,6 +184,9 @@ BAD = [
     ("Adafactor", tc.adafactor, dict(d=0.5), "Clipping threshold d should be >= 1"),
     ("Adafactor", tc.adafactor, dict(eps=(-1.0, 1e-3)), "epsilon1 should be >= 0"),
     ("Adafactor", tc.adafactor, dict(lr=-1.0), "Learning rate should be >= 0"),
+    ("Adafactor", tc.adafactor, dict(eps=(None, -1.0)), r"epsilon2 should be >= 0: eps\[1\] must be"),
+    ("Adafactor", tc.adafactor, dict(weight_decay=-1.0), "weight_decay should be >= 0"),
+    ("Adagrad", tc.adagrad, dict(eps=-1.0), "Invalid epsilon value"),
 ]
 
 

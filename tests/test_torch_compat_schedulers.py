@@ -159,6 +159,13 @@ def run_plateau(tx, params, grads, value, lrs):
     return history, state, params
 
 
+def test_plateau_bad_lr():
+    with pytest.raises(ValueError, match="Invalid learning rate: lr must be > 0, got lr=0.0"):
+        tc.reduce_lr_on_plateau(0.0)
+    with pytest.raises(ValueError, match="Invalid min_lr value: min_lr must be >= 0"):
+        tc.reduce_lr_on_plateau(0.1, min_lr=-1.0)
+
+
 def test_plateau_needs_value():
     tx = tc.reduce_lr_on_plateau(0.1)
     with pytest.raises(ValueError, match="needs the monitored metric"):
