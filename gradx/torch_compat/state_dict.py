@@ -172,8 +172,8 @@ def to_torch_state_dict(state: Any, params: Any, param_groups: Sequence[Mapping]
                     entry["step"] = array_fn(np.asarray(float(opt_state.step), np.float32))
                     for scalar in SCALAR_FIELDS[1:]:
                         if getattr(opt_state, scalar, None) is not None:
-                            entry[scalar] = array_fn(np.asarray(getattr(opt_state, scalar),
-                                                                np.float32))
+                            entry[scalar] = array_fn(np.array(getattr(opt_state, scalar),
+                                                              np.float32))
                 array = np.asarray(leaf)
                 if array.size == 0 and array.shape == (0,):  # a buffer torch does not keep here
                     continue
