@@ -170,14 +170,25 @@ def test_zoom_matches_optax_on_quadratic():
     assert float(state.info.decrease_error) == 0.0 and float(state.info.curvature_error) == 0.0
 
 
-def test_zoom_matches_optax_on_rosenbrock_with_options():
-    # Growing phase capped by max_learning_rate, tight curvature, no approximate decrease.
+def test_zoom_matches_optax_on_rosenbrock_when_zooming_hard():
+    # A tight curvature condition without the approximate decrease: many cubic, quadratic and
+    # bisection trial points per search.
     history, _ = compare_with_optax(
         lambda lib: lib.scale_by_zoom_linesearch(
-            25, max_learning_rate=5e-3, curv_rtol=0.1, approx_dec_rtol=None,
-            initial_guess_strategy="one"),
+            25, curv_rtol=0.1, approx_dec_rtol=None, initial_guess_strategy="one"),
         rosenbrock, ROSENBROCK_START, 6)
-    assert any(float(s[-1].learning_rate) == np.float32(5e-3) for _, s in history)
+    assert sum(int(s[-1].info.num_linesearch_steps) for _, s in history) > 30
+
+
+def test_zoom_stops_at_max_learning_rate_like_optax():
+    # The curvature condition needs a longer step than allowed: the maximal one is returned.
+    history, _ = compare_with_optax(
+        lambda lib: lib.scale_by_zoom_linesearch(3, max_learning_rate=0.25, curv_rtol=0.01),
+        quadratic, make_params(), 4)
+    for _, state in history:
+        assert float(state[-1].learning_rate) == 0.25
+        assert int(state[-1].info.num_linesearch_steps) == 1
+        assert float(state[-1].info.curvature_error) > 0
 
 
 def test_zoom_fallback_when_steps_run_out_matches_optax():
@@ -186,6 +197,27 @@ def test_zoom_fallback_when_steps_run_out_matches_optax():
         lambda lib: lib.scale_by_zoom_linesearch(2, curv_rtol=0.01, increase_factor=1.5),
         rosenbrock, ROSENBROCK_START, 5)
     assert any(float(s[-1].info.curvature_error) > 0 for _, s in history)
+
+
+@pytest.mark.parametrize("objective, x0, steps", [
+    (lambda x: jnp.sum(x ** 2 + 0.5 * jnp.sin(8 * x)), 1.5, 4),
+    (lambda x: jnp.sum(x ** 4 + x ** 2), 0.7, 3)])
+def test_zoom_falls_back_to_best_sufficient_decrease_like_optax(objective, x0, steps):
+    # A curvature condition too tight for the step budget: the search fails and returns the
+    # sufficient-decrease point with the smallest value met, not the last one tried.
+    params = jnp.array([x0, -0.4 * x0])
+    grad = jax.grad(objective)(params)
+    results = []
+    for lib in (gradx, optax):
+        tx = lib.scale_by_zoom_linesearch(steps, curv_rtol=1e-3, initial_guess_strategy="one")
+        results.append(jax.jit(lambda s: tx.update(-grad, s, params, value=objective(params),
+                                                    grad=grad, value_fn=objective))(
+            tx.init(params)))
+    (ours, our_state), (theirs, their_state) = results
+    assert_trees_close(ours, theirs)
+    assert_trees_close(our_state, their_state)
+    assert float(our_state.info.curvature_error) > 0 and float(our_state.learning_rate) > 0
+    assert float(our_state.value) < float(objective(params))
 
 
 def test_zoom_verbose_reports_failure(capfd):
