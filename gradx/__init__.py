@@ -29,5 +29,13 @@ from gradx.linesearch import *  # noqa: F401,F403
 from gradx.schedules import *  # noqa: F401,F403
 from gradx.optimizers import *  # noqa: F401,F403
 from gradx.hyperparams import *  # noqa: F401,F403
+from gradx.partition import *  # noqa: F401,F403
+from gradx.multi_steps import *  # noqa: F401,F403
+from gradx.wrappers import *  # noqa: F401,F403
+from gradx.monitoring import *  # noqa: F401,F403
+from gradx.groups import *  # noqa: F401,F403
+from gradx.plateau import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
+
+from gradx import torch_compat  # noqa: E402  (PyTorch-parity optimizers, built on the above)
