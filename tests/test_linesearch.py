@@ -183,29 +183,21 @@ def test_zoom_matches_optax_on_rosenbrock_when_zooming_hard():
 def test_zoom_stops_at_max_learning_rate_like_optax():
     # The curvature condition needs a longer step than allowed: the maximal one is returned.
     history, _ = compare_with_optax(
-        lambda lib: lib.scale_by_zoom_linesearch(3, max_learning_rate=0.25, curv_rtol=0.01),
-        quadratic, make_params(), 4)
+        lambda lib: lib.scale_by_zoom_linesearch(3, max_learning_rate=1e-4, curv_rtol=0.01),
+        rosenbrock, ROSENBROCK_START, 4)
     for _, state in history:
-        assert float(state[-1].learning_rate) == 0.25
+        assert float(state[-1].learning_rate) == np.float32(1e-4)
         assert int(state[-1].info.num_linesearch_steps) == 1
         assert float(state[-1].info.curvature_error) > 0
 
 
-def test_zoom_fallback_when_steps_run_out_matches_optax():
-    # Two evaluations cannot meet the curvature condition: the safe step (or the last) is used.
-    history, _ = compare_with_optax(
-        lambda lib: lib.scale_by_zoom_linesearch(2, curv_rtol=0.01, increase_factor=1.5),
-        rosenbrock, ROSENBROCK_START, 5)
-    assert any(float(s[-1].info.curvature_error) > 0 for _, s in history)
-
-
-@pytest.mark.parametrize("objective, x0, steps", [
-    (lambda x: jnp.sum(x ** 2 + 0.5 * jnp.sin(8 * x)), 1.5, 4),
-    (lambda x: jnp.sum(x ** 4 + x ** 2), 0.7, 3)])
-def test_zoom_falls_back_to_best_sufficient_decrease_like_optax(objective, x0, steps):
+def test_zoom_falls_back_to_best_sufficient_decrease_like_optax():
     # A curvature condition too tight for the step budget: the search fails and returns the
-    # sufficient-decrease point with the smallest value met, not the last one tried.
-    params = jnp.array([x0, -0.4 * x0])
+    # sufficient-decrease point with the smallest value met, neither the last nor the first.
+    def objective(x):
+        return jnp.sum(x ** 2 + 0.5 * jnp.sin(8 * x))
+
+    params, steps = jnp.array([1.5, -0.6]), 4
     grad = jax.grad(objective)(params)
     results = []
     for lib in (gradx, optax):
