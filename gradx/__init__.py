@@ -38,4 +38,4 @@ from gradx.plateau import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
-from gradx import torch_compat  # noqa: E402  (PyTorch-parity optimizers, built on the above)
+from gradx import contrib, torch_compat  # noqa: E402  (built on the above)

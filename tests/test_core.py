@@ -146,3 +146,8 @@ def test_masked_matches_optax_with_prefix_and_function_masks():
         theirs = optax.masked(optax.set_to_zero(), mask)
         u, _ = jax.jit(ours.update)(grads, ours.init(params))
         assert_trees_close(u, theirs.update(grads, theirs.init(params))[0])
+
+
+def test_contrib_names_resolve_like_optax():
+    assert gradx.contrib.reduce_on_plateau is gradx.reduce_on_plateau
+    assert callable(optax.contrib.reduce_on_plateau)
