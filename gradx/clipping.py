@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from gradx import checks
-from gradx.base import GradientTransformation
-from gradx.scaling import leaf_rms, stateless_rule
-from gradx.tree_utils import abs_sq, global_norm
+from gradx.base import EmptyState, GradientTransformation
+from gradx.leafwise import leafwise
+from gradx.tree_utils import abs_sq, global_norm, leaf_rms
 
 Axis = Optional[Union[int, tuple[int, ...]]]
 
@@ -20,15 +20,15 @@ Axis = Optional[Union[int, tuple[int, ...]]]
 def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
     """Clips every element of the updates to ``[-max_delta, max_delta]``."""
     checks.non_negative("max_delta", max_delta)
-    return stateless_rule(lambda g: jnp.clip(g, -max_delta, max_delta))
+    return leafwise(lambda g: jnp.clip(g, -max_delta, max_delta), EmptyState)
 
 
 def clip_by_block_rms(threshold: jax.typing.ArrayLike) -> GradientTransformation:
     """Per leaf ``u = g / max(1, rms(g) / threshold)``: each leaf's RMS is at most ``threshold``
     (Adafactor's update clipping, Shazeer & Stern 2018)."""
     checks.non_negative("threshold", threshold)
-    return stateless_rule(lambda g: g / jnp.maximum(1.0, leaf_rms(g) / threshold),
-                          elementwise=False)
+    return leafwise(lambda g: g / jnp.maximum(1.0, leaf_rms(g) / threshold), EmptyState,
+                    elementwise=False)
 
 
 def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformation:
@@ -42,7 +42,8 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformatio
     def rule(g, *, norm):
         return jnp.where(norm < max_norm, g, g / norm.astype(g.dtype) * max_norm)
 
-    return stateless_rule(rule, scalars=lambda updates: {"norm": global_norm(updates)})
+    return leafwise(rule, EmptyState, step_scalars=lambda _, updates: {"norm": global_norm(updates)},
+                    step_inputs=("updates",))
 
 
 def _unit_axes(x: jax.Array) -> Axis:
@@ -99,7 +100,7 @@ def adaptive_grad_clip(clipping: jax.typing.ArrayLike, eps: jax.typing.ArrayLike
         max_norm = clipping * jnp.maximum(unitwise_norm(p, axis), eps)
         return unitwise_clip(unitwise_norm(g, axis), max_norm, g)
 
-    return stateless_rule(rule, needs_params=True, elementwise=False)
+    return leafwise(rule, EmptyState, needs_params=True, elementwise=False)
 
 
 def _check_batch_dim(grads, name: str) -> None:

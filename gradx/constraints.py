@@ -2,18 +2,17 @@
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
-from gradx.base import GradientTransformation
-from gradx.scaling import apply_rule, stateless_rule
+from gradx.base import EmptyState, GradientTransformation
+from gradx.leafwise import Moment, leafwise
 
 
 def keep_params_nonnegative() -> GradientTransformation:
     """Projects onto ``p ≥ 0``: ``u = -p`` where ``p + u < 0``, else ``u``; so a negative
     parameter is moved to 0. Needs params; put it last in a chain. State ``EmptyState``
     (Optax's ``NonNegativeParamsState``). Same as Optax."""
-    return stateless_rule(lambda g, p: jnp.where(p + g < 0.0, -p, g), needs_params=True)
+    return leafwise(lambda g, p: jnp.where(p + g < 0.0, -p, g), EmptyState, needs_params=True)
 
 
 class ZeroNansState(NamedTuple):
@@ -25,20 +24,17 @@ class ZeroNansState(NamedTuple):
 def zero_nans() -> GradientTransformation:
     """Replaces NaNs in the updates with 0 and records, per leaf, whether one was found.
 
-    State ``ZeroNansState(found_nan)`` (all False after ``init``); the state is not read by the
-    transformation. Same as Optax.
+    State ``ZeroNansState(found_nan)`` (all False after ``init``); the transformation does not
+    read its values. Same as Optax.
     """
 
-    def init(params):
-        return ZeroNansState(found_nan=jax.tree.map(lambda _: jnp.array(False), params))
+    def rule(g, found_nan):
+        del found_nan
+        is_nan = jnp.isnan(g)
+        return jnp.where(is_nan, jnp.zeros_like(g), g), jnp.any(is_nan)
 
-    def update(updates, state, params=None):
-        del state, params
-        found_nan = jax.tree.map(lambda g: jnp.any(jnp.isnan(g)), updates)
-        updates = apply_rule(lambda g: jnp.where(jnp.isnan(g), jnp.zeros_like(g), g), updates)
-        return updates, ZeroNansState(found_nan=found_nan)
-
-    return GradientTransformation(init, update)
+    return leafwise(rule, ZeroNansState, (Moment("found_nan", lambda _: jnp.array(False)),),
+                    elementwise=False)
 
 
 __all__ = ["keep_params_nonnegative", "ZeroNansState", "zero_nans"]

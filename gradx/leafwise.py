@@ -13,8 +13,34 @@ turns it into an ``(init, update)`` pair: ``init`` allocates each moment like th
 computes the per-step scalars once (bias corrections and the like), applies the rule leaf by
 leaf, keeps every moment in its own dtype and returns updates in the gradients' dtype.
 
-A rule marked ``elementwise=True`` uses no reduction over its leaf, so the same function can
-also run over a flat buffer holding many leaves at once.
+Each case in two lines:
+
+- scalars from the step count (1 on the first update), the common case::
+
+    leafwise(rule, ScaleByAdamState, (Moment("mu"), Moment("nu")),
+             step_scalars=lambda count: {"bc1": debias_factor(b1, count), ...})
+
+- per-leaf state that is not a full-size buffer: ``init`` is a function of the parameter leaf::
+
+    leafwise(rule, ScaleByNovogradState, (Moment("mu"), Moment("nu", lambda p: jnp.zeros([]))),
+             needs_params=True)           # rule(g, p, mu, nu) gets and returns nu as a 0-d array
+
+- scalars from the trees (``step_inputs``: a global norm, the count before the increment, a loss)::
+
+    leafwise(rule, EmptyState, step_inputs=("updates",),
+             step_scalars=lambda _, updates: {"norm": global_norm(updates)})
+
+- scalar state carried from step to step (``carry``: its initial values)::
+
+    leafwise(rule, NAdamState, moments, carry={"mu_product": 1.0},
+             step_scalars=lambda count, mu_product: (scalars, {"mu_product": mu_product * mu}))
+
+- one value per leaf for one step (a PRNG key per leaf)::
+
+    step_scalars=lambda count, updates, rng_key: {"key": PerLeaf(split(rng_key, n_leaves))}
+
+A rule marked ``elementwise=True`` uses no reduction over its leaf (and no ``PerLeaf`` value),
+so the same function can also run over a flat buffer holding many leaves at once.
 """
 
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -23,69 +49,143 @@ import jax
 import jax.numpy as jnp
 
 from gradx import tree_utils
-from gradx.base import NO_PARAMS_MSG, GradientTransformation, safe_increment
+from gradx.base import (NO_PARAMS_MSG, GradientTransformation, GradientTransformationExtraArgs,
+                        safe_increment)
+
+STEP_INPUTS = ("state", "updates", "params", "extra_args")
 
 
 class Moment(NamedTuple):
-    """A full-size state buffer: its field name in the state, its initial value and its dtype
-    (``None``: the parameter's dtype)."""
+    """Per-leaf state: its field name in the state, its initial value and its dtype (``None``:
+    the parameter's dtype).
+
+    ``init`` a number: a buffer shaped like the parameter, filled with it, whose shape is checked
+    against the updates at every step. ``init`` a function of the parameter leaf: whatever it
+    returns (an array of another shape, a list of arrays), cast to ``dtype`` when one is given;
+    only the tree structure down to the leaf is checked, and the rule gets and returns the same
+    structure.
+    """
 
     name: str
     init: Any = 0.0
     dtype: Any = None
+
+    def init_leaf(self, p):
+        if callable(self.init):
+            return tree_utils.cast(self.init(p), self.dtype)
+        return jnp.full(jnp.shape(p), self.init, self.dtype or jnp.result_type(p))
+
+
+class PerLeaf(NamedTuple):
+    """A step scalar with one value per leaf, in flattening order: leaf ``i`` gets ``values[i]``."""
+
+    values: Any
+
+
+def debias_factor(decay, count) -> jax.Array:
+    """``1 - decay**count``: the Adam-style bias correction of an EMA after ``count`` steps.
+
+    Computed in the default float dtype (``decay`` may be a Python float or an array); a rule
+    casts it to its moment's dtype before dividing, so a low-precision moment never sees
+    ``decay**count`` rounded to 1.
+    """
+    return 1 - decay ** count
+
+
+def _like(new, old):
+    """``new`` as an array in ``old``'s dtype."""
+    new, dtype = jnp.asarray(new), jnp.result_type(old)
+    return new if new.dtype == dtype else new.astype(dtype)
 
 
 def leafwise(
     rule: Callable[..., Any],
     state_cls: type,
     moments: Sequence[Moment] = (),
-    step_scalars: Optional[Callable[[jax.Array], dict]] = None,
+    step_scalars: Optional[Callable[..., Any]] = None,
     needs_params: bool = False,
     elementwise: bool = True,
     count_field: Optional[str] = "count",
+    *,
+    step_inputs: Sequence[str] = (),
+    carry: Optional[dict] = None,
 ) -> GradientTransformation:
     """Builds a transformation from a per-leaf ``rule``.
 
     Args:
-      rule: ``rule(g, [p,] *moments, **scalars)`` returns the update leaf, followed by the new
-        moment leaves when there are moments.
-      state_cls: NamedTuple holding ``count_field`` (if it has that field) and one tree per moment.
-      moments: the full-size buffers, in the order the rule takes and returns them.
-      step_scalars: ``step_scalars(count)`` with ``count`` the step number after the increment
-        (1 on the first update); returns the keyword scalars of the rule.
+      rule: ``rule(g, [p,] *moments, **scalars)`` returns the update leaf, or a tuple of the
+        update leaf and the new moment leaves.
+      state_cls: NamedTuple holding ``count_field`` (if it has that field), one tree per moment
+        and the ``carry`` fields; other fields pass through. A state class without fields
+        (``EmptyState``) passes the incoming state through, as Optax's stateless blocks.
+      moments: the per-leaf state, in the order the rule takes and returns it.
+      step_scalars: ``step_scalars(count, **inputs)`` with ``count`` the step number after the
+        increment (1 on the first update; ``None`` without a count field) returns the keyword
+        scalars of the rule; a ``PerLeaf`` value gives each leaf its own.
       needs_params: pass each parameter leaf to the rule after ``g``.
       elementwise: the rule uses no reduction over its leaf.
       count_field: the state's step-count field.
+      step_inputs: what ``step_scalars`` also takes, as keywords: any of ``'state'`` (the
+        incoming state), ``'updates'``, ``'params'``, ``'extra_args'`` (the update's extra
+        keyword arguments, spread; the transformation then takes them).
+      carry: scalar state fields carried from step to step, with their initial values;
+        ``step_scalars`` also gets their current values as keywords and returns
+        ``(scalars, new_values)``. New values keep the old values' dtype.
     """
+    unknown = set(step_inputs) - set(STEP_INPUTS)
+    if unknown:
+        raise ValueError(f"step_inputs must be among {STEP_INPUTS}, got {sorted(unknown)}.")
     has_count = count_field is not None and count_field in state_cls._fields
     names = [m.name for m in moments]
+    carry = carry or {}
 
     def init(params):
-        fields = {m.name: tree_utils.full_like(params, m.init, m.dtype) for m in moments}
+        fields = {m.name: jax.tree.map(m.init_leaf, params) for m in moments}
+        fields.update({name: jnp.asarray(value) for name, value in carry.items()})
         if has_count:
             fields[count_field] = jnp.zeros([], jnp.int32)
         return state_cls(**fields)
 
-    def update(updates, state, params=None):
+    def scalars_for(count, state, updates, params, extra_args):
+        trees = {"state": state, "updates": updates, "params": params}
+        inputs = {name: trees[name] for name in step_inputs if name != "extra_args"}
+        inputs.update(extra_args)
+        inputs.update({name: getattr(state, name) for name in carry})
+        out = step_scalars(count, **inputs) if step_scalars is not None else {}
+        return out if carry else (out, {})
+
+    def update(updates, state, params=None, **extra_args):
         if needs_params and params is None:
             raise ValueError(NO_PARAMS_MSG)
         count = safe_increment(getattr(state, count_field)) if has_count else None
-        scalars = step_scalars(count) if step_scalars is not None else {}
+        scalars, carried = scalars_for(count, state, updates, params, extra_args)
+        per_leaf = {k: v.values for k, v in scalars.items() if isinstance(v, PerLeaf)}
         others = ([params] if needs_params else []) + [getattr(state, n) for n in names]
         other_names = (["params"] if needs_params else []) + [f"state.{n}" for n in names]
-        treedef, leaf_lists = tree_utils.flatten_matching(updates, others, other_names)
+        shaped = [True] * needs_params + [not callable(m.init) for m in moments]
+        treedef, leaf_lists = tree_utils.flatten_matching(updates, others, other_names,
+                                                          shaped=shaped)
         new_updates, new_moments = [], [[] for _ in names]
-        for leaves in zip(*leaf_lists):
-            out = rule(*leaves, **scalars)
-            u, outs = (out[0], out[1:]) if names else (out, ())
-            new_updates.append(jnp.asarray(u).astype(jnp.result_type(leaves[0])))
+        for i, leaves in enumerate(zip(*leaf_lists)):
+            out = rule(*leaves, **{**scalars, **{k: v[i] for k, v in per_leaf.items()}})
+            u, outs = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
+            new_updates.append(_like(u, leaves[0]))
             for slot, new, old in zip(new_moments, outs, leaves[1 + needs_params:]):
-                slot.append(jnp.asarray(new).astype(jnp.result_type(old)))
+                slot.append(jax.tree.map(_like, new, old))
+        if not state_cls._fields:
+            return treedef.unflatten(new_updates), state
         fields = {n: treedef.unflatten(leaves) for n, leaves in zip(names, new_moments)}
+        fields.update({k: _like(v, getattr(state, k)) for k, v in carried.items()})
         if has_count:
             fields[count_field] = count
         for field in state_cls._fields:
             fields.setdefault(field, getattr(state, field))
         return treedef.unflatten(new_updates), state_cls(**fields)
 
-    return GradientTransformation(init, update)
+    if "extra_args" in step_inputs:
+        return GradientTransformationExtraArgs(init, update)
+
+    def update_without_extra_args(updates, state, params=None):
+        return update(updates, state, params)
+
+    return GradientTransformation(init, update_without_extra_args)

@@ -1,93 +1,26 @@
 """Scaling: multiply updates by a step size, a schedule, a trust ratio or a statistic of the
 parameters, or normalise them.
 
-Every rule here is a per-leaf function applied through ``gradx.leafwise``. The module also holds
-three small builders that the other stateless blocks share (``apply_rule``, ``stateless_rule``,
-``scheduled_rule``): they run a per-leaf rule with scalars computed outside the rule (a global
-norm, a schedule value, a loss value), which ``leafwise``'s ``step_scalars(count)`` cannot supply.
+Every rule here is a per-leaf function built with ``gradx.leafwise``; scalars computed outside
+the rule (a schedule value at the count before the increment, a global norm) come from
+``step_inputs``.
 """
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 from gradx import checks
-from gradx.base import (EmptyState, GradientTransformation, Schedule, ScalarOrSchedule, identity,
-                        init_empty_state, safe_increment)
+from gradx.base import EmptyState, GradientTransformation, Schedule, ScalarOrSchedule, identity
 from gradx.leafwise import leafwise
-from gradx.tree_utils import abs_sq, global_norm
+from gradx.tree_utils import floored, global_norm, leaf_norm, leaf_rms
 
 
 class ScaleByScheduleState(NamedTuple):
     """The step count of ``scale_by_schedule`` (int32, 0 before the first update)."""
 
     count: jax.Array
-
-
-# ----------------------------------------------------------------------------------------------
-# Shared builders for per-leaf rules whose scalars come from outside the step count.
-
-def apply_rule(rule: Callable[..., Any], updates: Any, params: Any = None, *,
-               needs_params: bool = False, elementwise: bool = True, **scalars) -> Any:
-    """Applies ``rule(g, [p,] **scalars)`` to every leaf through ``leafwise`` (matched trees with
-    path-naming errors, ``NO_PARAMS_MSG`` when params are needed and missing, updates returned
-    in the gradients' dtype)."""
-    tx = leafwise(rule, EmptyState, step_scalars=lambda _: scalars,
-                  needs_params=needs_params, elementwise=elementwise)
-    return tx.update(updates, EmptyState(), params)[0]
-
-
-def stateless_rule(rule: Callable[..., Any], *, needs_params: bool = False,
-                   elementwise: bool = True,
-                   scalars: Optional[Callable[[Any], dict]] = None) -> GradientTransformation:
-    """A transformation with ``EmptyState`` applying ``rule`` leaf by leaf, with keyword scalars
-    ``scalars(updates)`` (e.g. a global norm). The incoming state is passed through, as Optax."""
-
-    def update(updates, state, params=None):
-        extra = scalars(updates) if scalars is not None else {}
-        return apply_rule(rule, updates, params, needs_params=needs_params,
-                          elementwise=elementwise, **extra), state
-
-    return GradientTransformation(init_empty_state, update)
-
-
-def scheduled_rule(rule: Callable[..., Any], schedule: Schedule, state_cls: type, *,
-                   needs_params: bool = False) -> GradientTransformation:
-    """A transformation applying ``rule(g, [p,] value=schedule(c))`` leaf by leaf, where ``c`` is
-    the step count *before* the increment (the first update uses ``schedule(0)``); the state is
-    ``state_cls(count)``."""
-
-    def init(params):
-        del params
-        return state_cls(count=jnp.zeros([], jnp.int32))
-
-    def update(updates, state, params=None):
-        value = schedule(state.count)
-        updates = apply_rule(rule, updates, params, needs_params=needs_params, value=value)
-        return updates, state_cls(count=safe_increment(state.count))
-
-    return GradientTransformation(init, update)
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-leaf statistics.
-
-def leaf_norm(x: jax.Array) -> jax.Array:
-    """``‖x‖₂`` over all the elements of one leaf (complex-correct)."""
-    return jnp.sqrt(jnp.sum(abs_sq(x)))
-
-
-def leaf_rms(x: jax.Array) -> jax.Array:
-    """``sqrt(mean |x|²)`` over all the elements of one leaf."""
-    return jnp.sqrt(jnp.mean(abs_sq(x)))
-
-
-def floored(stat: Callable[[jax.Array], jax.Array], x: jax.Array, floor) -> jax.Array:
-    """``max(stat(x), floor)`` whose gradient is 0, not NaN, where ``stat(x) <= floor`` (e.g. the
-    norm of an all-zero leaf): ``stat`` is re-evaluated on ones there, as Optax's ``safe_norm``."""
-    small = stat(x) <= floor
-    return jnp.where(small, floor, stat(jnp.where(small, jnp.ones_like(x), x)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,7 +31,7 @@ def scale(step_size: jax.typing.ArrayLike) -> GradientTransformation:
 
     State ``EmptyState`` (Optax's ``ScaleState``); the incoming state is passed through.
     """
-    return stateless_rule(lambda g: step_size * g)
+    return leafwise(lambda g: step_size * g, EmptyState)
 
 
 def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
@@ -107,8 +40,9 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
 
     State ``ScaleByScheduleState(count)``. Same as ``optax.scale_by_schedule``.
     """
-    return scheduled_rule(lambda g, *, value: jnp.asarray(value, g.dtype) * g,
-                          step_size_fn, ScaleByScheduleState)
+    return leafwise(lambda g, *, value: jnp.asarray(value, g.dtype) * g, ScaleByScheduleState,
+                    step_scalars=lambda _, state: {"value": step_size_fn(state.count)},
+                    step_inputs=("state",))
 
 
 def scale_by_learning_rate(learning_rate: Optional[ScalarOrSchedule] = None, *,
@@ -150,22 +84,22 @@ def scale_by_trust_ratio(min_norm: jax.typing.ArrayLike = 0.0,
         ratio = jnp.where((p_norm == 0.0) | (g_norm == 0.0), jnp.ones_like(ratio), ratio)
         return g * ratio
 
-    return stateless_rule(rule, needs_params=True, elementwise=False)
+    return leafwise(rule, EmptyState, needs_params=True, elementwise=False)
 
 
 def scale_by_param_block_norm(min_scale: jax.typing.ArrayLike = 1e-3) -> GradientTransformation:
     """Per leaf ``u = g · max(‖p‖₂, min_scale)``; needs params; ``EmptyState``. Same as Optax."""
     checks.non_negative("min_scale", min_scale)
-    return stateless_rule(lambda g, p: g * floored(leaf_norm, p, min_scale),
-                          needs_params=True, elementwise=False)
+    return leafwise(lambda g, p: g * floored(leaf_norm, p, min_scale), EmptyState,
+                    needs_params=True, elementwise=False)
 
 
 def scale_by_param_block_rms(min_scale: jax.typing.ArrayLike = 1e-3) -> GradientTransformation:
     """Per leaf ``u = g · max(rms(p), min_scale)`` (Adafactor's parameter scale); needs params;
     ``EmptyState``. Same as Optax."""
     checks.non_negative("min_scale", min_scale)
-    return stateless_rule(lambda g, p: g * floored(leaf_rms, p, min_scale),
-                          needs_params=True, elementwise=False)
+    return leafwise(lambda g, p: g * floored(leaf_rms, p, min_scale), EmptyState,
+                    needs_params=True, elementwise=False)
 
 
 def normalize_by_update_norm(scale_factor: jax.typing.ArrayLike = 1.0,
@@ -176,10 +110,11 @@ def normalize_by_update_norm(scale_factor: jax.typing.ArrayLike = 1.0,
     """
     checks.non_negative("eps", eps)
 
-    def scalars(updates):
+    def step_scalars(_, updates):
         return {"norm": (global_norm(updates) + eps) / scale_factor}
 
-    return stateless_rule(lambda g, *, norm: g / norm, scalars=scalars)
+    return leafwise(lambda g, *, norm: g / norm, EmptyState, step_scalars=step_scalars,
+                    step_inputs=("updates",))
 
 
 def _subtract_mean(g):
@@ -192,7 +127,7 @@ def centralize() -> GradientTransformation:
 
     Reference: Yong et al., "Gradient Centralization" (2020). Same as Optax.
     """
-    return stateless_rule(_subtract_mean, elementwise=False)
+    return leafwise(_subtract_mean, EmptyState, elementwise=False)
 
 
 __all__ = [

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradx import checks, tree_utils
-from gradx.base import (NO_PARAMS_MSG, GradientTransformation, GradientTransformationExtraArgs,
-                        init_empty_state)
-from gradx.scaling import apply_rule, leaf_norm
+from gradx.base import EmptyState, GradientTransformation, GradientTransformationExtraArgs
+from gradx.leafwise import Moment, leafwise
+from gradx.tree_utils import leaf_norm
 
 _POLYAK_VARIANTS = ("sps", "sps+")
 
@@ -32,17 +32,17 @@ def scale_by_polyak(f_min: jax.typing.ArrayLike = 0.0,
     checks.non_negative("max_learning_rate", max_learning_rate)
     checks.non_negative("eps", eps)
 
-    def update(updates, state, params=None, *, value, **extra_args):
-        del params, extra_args
+    def step_scalars(_, updates, *, value, **extra_args):
+        del extra_args
         sq_norm = tree_utils.squared_norm(updates)
         gap = jnp.asarray(value - f_min).astype(sq_norm.dtype)
         if variant == "sps+":
             gap = jnp.maximum(gap, 0.0)
-        step = jnp.where(sq_norm + eps <= np.finfo(np.float64).eps, 0.0,
-                         jnp.minimum(gap / (sq_norm + eps), max_learning_rate))
-        return apply_rule(lambda g, *, step: step * g, updates, step=step), state
+        return {"step": jnp.where(sq_norm + eps <= np.finfo(np.float64).eps, 0.0,
+                                  jnp.minimum(gap / (sq_norm + eps), max_learning_rate))}
 
-    return GradientTransformationExtraArgs(init_empty_state, update)
+    return leafwise(lambda g, *, step: step * g, EmptyState, step_scalars=step_scalars,
+                    step_inputs=("updates", "extra_args"))
 
 
 class ScaleByDistanceOverGradientsState(NamedTuple):
@@ -71,32 +71,17 @@ def scale_by_distance_over_gradients(reps_rel=1e-6, eps=1e-8, param_dtype=jnp.fl
     checks.non_negative("eps", eps)
     param_dtype = tree_utils.canonicalize_dtype(param_dtype)
 
-    def init(params):
-        return ScaleByDistanceOverGradientsState(
-            max_dist=jax.tree.map(lambda p: reps_rel * (1 + leaf_norm(p)), params),
-            grad_sum_of_squares=jax.tree.map(lambda _: jnp.zeros(1, jnp.float32), params),
-            init_params=tree_utils.cast(params, param_dtype))
-
-    def rule(g, p, p0, dist, sum_sq):
+    def rule(g, p, dist, sum_sq, p0):
         dist = jnp.maximum(dist, leaf_norm(p - p0)).astype(jnp.result_type(dist))
         sum_sq = (sum_sq + jnp.sum(tree_utils.abs_sq(g))).astype(jnp.result_type(sum_sq))
         step = global_scale * dist / jnp.sqrt(sum_sq + eps)
-        return (jnp.reshape(step, ()) * g).astype(jnp.result_type(g)), dist, sum_sq
+        return jnp.reshape(step, ()) * g, dist, sum_sq, p0
 
-    def update(updates, state, params=None):
-        if params is None:
-            raise ValueError(NO_PARAMS_MSG)
-        treedef, (gs, ps, p0s) = tree_utils.flatten_matching(
-            updates, [params, state.init_params], ["params", "state.init_params"])
-        dists = treedef.flatten_up_to(state.max_dist)
-        sums = treedef.flatten_up_to(state.grad_sum_of_squares)
-        out = [rule(*leaves) for leaves in zip(gs, ps, p0s, dists, sums)]
-        new_updates, new_dists, new_sums = (treedef.unflatten([o[i] for o in out])
-                                            for i in range(3))
-        return new_updates, ScaleByDistanceOverGradientsState(new_dists, new_sums,
-                                                              state.init_params)
-
-    return GradientTransformation(init, update)
+    moments = (Moment("max_dist", lambda p: reps_rel * (1 + leaf_norm(p))),
+               Moment("grad_sum_of_squares", lambda _: jnp.zeros(1, jnp.float32)),
+               Moment("init_params", lambda p: p, param_dtype))
+    return leafwise(rule, ScaleByDistanceOverGradientsState, moments, needs_params=True,
+                    elementwise=False)
 
 
 __all__ = [

@@ -1,10 +1,10 @@
 """Tree plumbing shared by every transformation: matched flattening with errors that name the
-offending path, typed tree constructors, casts and norms.
+offending path, typed tree constructors, casts, and norms and statistics of one leaf or a tree.
 
 Paths are written as the keys from the root joined by ``/`` (``"encoder/layers_0/kernel"``).
 """
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,15 +43,18 @@ def _first_difference(reference: PyTree, other: PyTree, reference_name: str, nam
 
 
 def flatten_matching(reference: PyTree, others: Sequence[PyTree], names: Sequence[str],
-                     reference_name: str = "updates"):
+                     reference_name: str = "updates", shaped: Optional[Sequence[bool]] = None):
     """Flattens ``reference`` and each of ``others`` to leaf lists of the same layout.
 
     Raises ``ValueError`` naming the first path where a tree's structure or a leaf's shape
-    differs from ``reference``.
+    differs from ``reference``. Where ``shaped[i]`` is False, each leaf of ``reference`` stands
+    for a subtree of ``others[i]`` of any shape (per-leaf statistics): only the structure down
+    to it is checked.
     """
     ref_leaves, treedef = jax.tree.flatten(reference)
     out = [ref_leaves]
-    for other, name in zip(others, names):
+    shaped = [True] * len(others) if shaped is None else shaped
+    for other, name, check_shapes in zip(others, names, shaped):
         try:
             leaves = treedef.flatten_up_to(other)
         except (ValueError, TypeError) as error:
@@ -63,7 +66,7 @@ def flatten_matching(reference: PyTree, others: Sequence[PyTree], names: Sequenc
             raise ValueError(f"{name} does not match {reference_name}: "
                              f"{_first_difference(reference, other, reference_name, name)}.")
         for path, ref_leaf, leaf in zip(leaf_paths(reference), ref_leaves, leaves):
-            if np.shape(ref_leaf) != np.shape(leaf):
+            if check_shapes and np.shape(ref_leaf) != np.shape(leaf):
                 raise ValueError(f"{name} does not match {reference_name} at '{path}': shape "
                                  f"{np.shape(leaf)} vs {np.shape(ref_leaf)}.")
         out.append(leaves)
@@ -102,6 +105,23 @@ def squared_norm(tree: PyTree) -> jax.Array:
     if not leaves:
         return jnp.zeros([], jnp.float32)
     return sum(jnp.sum(abs_sq(x)) for x in leaves)
+
+
+def leaf_norm(x: jax.Array) -> jax.Array:
+    """``‖x‖₂`` over all the elements of one leaf (complex-correct)."""
+    return jnp.sqrt(jnp.sum(abs_sq(x)))
+
+
+def leaf_rms(x: jax.Array) -> jax.Array:
+    """``sqrt(mean |x|²)`` over all the elements of one leaf."""
+    return jnp.sqrt(jnp.mean(abs_sq(x)))
+
+
+def floored(stat: Callable[[jax.Array], jax.Array], x: jax.Array, floor) -> jax.Array:
+    """``max(stat(x), floor)`` whose gradient is 0, not NaN, where ``stat(x) <= floor`` (e.g. the
+    norm of an all-zero leaf): ``stat`` is re-evaluated on ones there, as Optax's ``safe_norm``."""
+    small = stat(x) <= floor
+    return jnp.where(small, floor, stat(jnp.where(small, jnp.ones_like(x), x)))
 
 
 def global_norm(tree: PyTree) -> jax.Array:

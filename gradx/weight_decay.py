@@ -4,9 +4,9 @@ from typing import NamedTuple
 
 import jax
 
-from gradx.base import GradientTransformation, MaskOrFn, ScalarOrSchedule
+from gradx.base import EmptyState, GradientTransformation, MaskOrFn, ScalarOrSchedule
+from gradx.leafwise import leafwise
 from gradx.masking import masked
-from gradx.scaling import scheduled_rule, stateless_rule
 
 
 class WeightDecaySchedule(NamedTuple):
@@ -31,11 +31,13 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0,
     ``ValueError`` then). Negative values are allowed (``fromage`` uses them).
     """
     if callable(weight_decay):
-        tx = scheduled_rule(_decay, weight_decay, WeightDecaySchedule, needs_params=True)
+        tx = leafwise(_decay, WeightDecaySchedule, needs_params=True, step_inputs=("state",),
+                      step_scalars=lambda _, state: {"value": weight_decay(state.count)})
     elif isinstance(weight_decay, (int, float)) and weight_decay == 0.0:
-        tx = stateless_rule(lambda g, p: g, needs_params=True)
+        tx = leafwise(lambda g, p: g, EmptyState, needs_params=True)
     else:
-        tx = stateless_rule(_decay, needs_params=True, scalars=lambda _: {"value": weight_decay})
+        tx = leafwise(_decay, EmptyState, needs_params=True,
+                      step_scalars=lambda _: {"value": weight_decay})
     return tx if mask is None else masked(tx, mask)
 
 
