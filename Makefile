@@ -23,5 +23,12 @@ demo: $(VENV)/.installed-examples
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
+# Full sizes take a while (~100M params, optax compiles at 3000 leaves); BENCH_ARGS=--quick for a
+# small run, which leaves benchmarks/RESULTS.md alone.
+BENCH_ARGS ?=
+bench: $(VENV)/.installed-test
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+	$(PY) benchmarks/report.py $(if $(findstring --quick,$(BENCH_ARGS)),,--results-md benchmarks/RESULTS.md)
+
 clean:
 	rm -rf $(VENV) build *.egg-info examples/out

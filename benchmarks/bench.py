@@ -1,0 +1,499 @@
+"""Optimizer-step benchmark: gradx vs optax vs torch, in one process, on the same shapes.
+
+    .venv/bin/python benchmarks/bench.py            # full sizes (~100M params "large" regime)
+    .venv/bin/python benchmarks/bench.py --quick    # small sizes, for development
+
+Regimes
+  large   a transformer-shaped tree (~100M params, ~150 leaves; ``--large-width`` sets the size)
+  many    a deep narrow transformer tree (~1M params, ``--many-leaves`` leaves each)
+  model   a Flax MLP train step (loss, grad, optimizer, apply) inside one jit
+  compile trace+lower+compile time of one step against the leaf count (100 to 3000 leaves)
+
+Every JAX step is ``jit(step, donate_argnums=(params, state))`` for every library (``--no-donate``
+adds the undonated step as well). Runs are interleaved (one timed batch per library in turn,
+``--repeats`` rounds) and reported as medians. The memory bandwidth is measured in the same run
+(a STREAM-like triad through XLA) and each step time is also given as the fraction of its
+bandwidth bound (the bytes the recipe must move per float32 parameter, e.g. 28 for AdamW, over
+the measured bandwidth), 1.0 meaning "at the memory-bandwidth limit".
+
+Writes ``results.json`` to ``--out`` (default ``benchmarks/out``); ``benchmarks/report.py`` turns
+it into a Markdown table, PNG plots and ``benchmarks/RESULTS.md``.
+"""
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+
+import gradx
+
+try:
+    from gradx import fused as gradx_fused
+except ImportError:  # the fast path is optional while it is being built
+    gradx_fused = None
+
+LR = 1e-3
+RECIPES = ("adamw", "clip_adamw_cosine", "sgd_nesterov", "lion", "adafactor")
+# Bytes each recipe must move per float32 parameter (reads + writes of full-size buffers):
+# params and grads read, params written, plus each full-size moment read and written; a global
+# norm needs one more read of the grads. Adafactor's factored moments are negligible in size.
+BOUND_BYTES = {"adamw": 28, "clip_adamw_cosine": 32, "sgd_nesterov": 20, "lion": 20, "adafactor": 12}
+
+
+# ----------------------------------------------------------------------------------------------
+# Shapes
+
+def transformer_shapes(n_layers, d, vocab):
+    """Leaf shapes of a GPT-like model: embedding, per layer 12 leaves (qkv, out, 2 MLP
+    matrices, 4 biases, 2 layer norms with scale and bias), a final layer norm."""
+    shapes = {"embed": (vocab, d)}
+    for i in range(n_layers):
+        shapes.update({
+            f"l{i}.qkv.w": (d, 3 * d), f"l{i}.qkv.b": (3 * d,), f"l{i}.out.w": (d, d),
+            f"l{i}.out.b": (d,), f"l{i}.mlp1.w": (d, 4 * d), f"l{i}.mlp1.b": (4 * d,),
+            f"l{i}.mlp2.w": (4 * d, d), f"l{i}.mlp2.b": (d,), f"l{i}.ln1.s": (d,),
+            f"l{i}.ln1.b": (d,), f"l{i}.ln2.s": (d,), f"l{i}.ln2.b": (d,)})
+    shapes.update({"lnf.s": (d,), "lnf.b": (d,)})
+    return shapes
+
+
+def many_leaf_shapes(n_leaves, d=32):
+    """~``n_leaves`` leaves of a deep narrow transformer (width ``d``, ~1M params at 750 leaves)."""
+    return transformer_shapes(max(1, (n_leaves - 3) // 12), d, vocab=256)
+
+
+def n_params(shapes):
+    return int(sum(np.prod(s, dtype=np.int64) for s in shapes.values()))
+
+
+def random_tree(shapes, seed):
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal(s, dtype=np.float32) * 0.02 for k, s in shapes.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Recipes
+
+def jax_recipe(lib, name):
+    """The recipe ``name`` built with ``lib`` (``gradx`` or ``optax``): same arguments."""
+    if name == "adamw":
+        return lib.adamw(LR, weight_decay=1e-2)
+    if name == "clip_adamw_cosine":
+        sched = lib.warmup_cosine_decay_schedule(0.0, LR, warmup_steps=100, decay_steps=10_000)
+        return lib.chain(lib.clip_by_global_norm(1.0), lib.adamw(sched, weight_decay=1e-2))
+    if name == "sgd_nesterov":
+        return lib.sgd(1e-2, momentum=0.9, nesterov=True)
+    if name == "lion":
+        return lib.lion(1e-4, weight_decay=1e-2)
+    if name == "adafactor":
+        return lib.adafactor(LR)
+    raise ValueError(name)
+
+
+def fused_recipe(name):
+    """gradx's opt-in fast path: ``fused`` around the recipe. The global-norm clip reduces over
+    the whole tree, so it stays outside (``chain(clip, fused(adamw))``)."""
+    if name == "clip_adamw_cosine":
+        sched = gradx.warmup_cosine_decay_schedule(0.0, LR, warmup_steps=100, decay_steps=10_000)
+        return gradx.chain(gradx.clip_by_global_norm(1.0),
+                           gradx_fused.fused(gradx.adamw(sched, weight_decay=1e-2)))
+    return gradx_fused.fused(jax_recipe(gradx, name))
+
+
+def jax_libs(args):
+    libs = {"gradx": lambda r: jax_recipe(gradx, r), "optax": lambda r: jax_recipe(optax, r)}
+    if gradx_fused is not None and not args.no_fused:
+        libs["gradx-fused"] = fused_recipe
+    return libs
+
+
+def cosine_lr(step):
+    """The warmup-cosine schedule of ``clip_adamw_cosine`` in plain Python, for torch."""
+    if step < 100:
+        return LR * step / 100
+    t = min(step - 100, 9_900) / 9_900
+    return 0.5 * LR * (1 + np.cos(np.pi * t))
+
+
+def torch_optimizer(name, params, impl):
+    """``impl`` is 'foreach' or 'fused'; None where torch has no such optimizer."""
+    kw = {"foreach": True} if impl == "foreach" else {"fused": True}
+    if name in ("adamw", "clip_adamw_cosine"):
+        return torch.optim.AdamW(params, lr=LR, weight_decay=1e-2, **kw)
+    if name == "sgd_nesterov":
+        return torch.optim.SGD(params, lr=1e-2, momentum=0.9, nesterov=True, **kw)
+    if name == "adafactor" and impl == "foreach":
+        return torch.optim.Adafactor(params, lr=LR, foreach=True)
+    return None  # lion: not in torch; adafactor: no fused kernel
+
+
+# ----------------------------------------------------------------------------------------------
+# Steppers: each returns a callable running one step and blocking until it is done.
+
+NOTES = []
+
+
+def unshare(state, label):
+    """Copies state leaves that share one buffer (they cannot be donated twice in one call)."""
+    seen = set()
+
+    def fresh(x):
+        ptr = x.unsafe_buffer_pointer() if isinstance(x, jax.Array) else None
+        if ptr is None or ptr not in seen:
+            seen.add(ptr)
+            return x
+        return jnp.copy(x)
+
+    out = jax.tree.map(fresh, state)
+    if jax.tree.leaves(out) and any(a is not b for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(state))):
+        note = f"{label}: init returned state leaves sharing one buffer (copied before donating)"
+        if note not in NOTES:
+            NOTES.append(note)
+    return out
+
+
+def jax_stepper(tx, apply_updates, params_np, grads, donate=True, label=""):
+    params = {k: jnp.asarray(v) for k, v in params_np.items()}
+    state = unshare(tx.init(params), label)
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return apply_updates(params, updates), state
+
+    compiled = jax.jit(step, donate_argnums=(0, 1) if donate else ()).lower(
+        params, state, grads).compile()
+    box = [params, state]
+
+    def run():
+        box[0], box[1] = compiled(box[0], box[1], grads)
+        jax.block_until_ready(box[0])
+
+    return run, compiled
+
+
+def torch_stepper(name, params_np, grads_np, impl):
+    params = [torch.nn.Parameter(torch.from_numpy(v.copy())) for v in params_np.values()]
+    for p, g in zip(params, grads_np.values()):
+        p.grad = torch.from_numpy(g.copy())
+    opt = torch_optimizer(name, params, impl)
+    if opt is None:
+        return None
+    count = [0]
+
+    def run():
+        with torch.no_grad():
+            if name == "clip_adamw_cosine":
+                torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(count[0])
+            opt.step()
+        count[0] += 1
+
+    return run
+
+
+def time_interleaved(runners, repeats, inner, warmup=2):
+    """Median seconds per step of each runner, timed in turn ``repeats`` times."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    samples = {k: [] for k in runners}
+    for _ in range(repeats):
+        for k, run in runners.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                run()
+            samples[k].append((time.perf_counter() - t0) / inner)
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "samples_s": v}
+            for k, v in samples.items()}
+
+
+def memory_figures(compiled):
+    m = compiled.memory_analysis()
+    if m is None:
+        return None
+    names = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+             "temp_size_in_bytes", "generated_code_size_in_bytes")
+    return {n: int(getattr(m, n)) for n in names if hasattr(m, n)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Regimes
+
+def bandwidth(n_floats, repeats):
+    """STREAM-like triad ``a = b + s·c`` through XLA (12 bytes per element), in bytes/s."""
+    b = jnp.ones(n_floats, jnp.float32)
+    c = jnp.full(n_floats, 2.0, jnp.float32)
+    triad = jax.jit(lambda b, c: b + 3.0 * c)
+    copy = jax.jit(lambda b: b * 1.0)
+    out = {}
+    for name, fn, nbytes, fargs in (("triad", triad, 12, (b, c)), ("scale_copy", copy, 8, (b,))):
+        fn(*fargs).block_until_ready()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(*fargs).block_until_ready()
+            times.append(time.perf_counter() - t0)
+        out[name + "_GBps"] = nbytes * n_floats / statistics.median(times) / 1e9
+        out[name + "_best_GBps"] = nbytes * n_floats / min(times) / 1e9
+    return out
+
+
+def step_regime(label, shapes, recipes, args, bw_gbps, libs, with_torch=True):
+    params_np = random_tree(shapes, 0)
+    grads_np = random_tree(shapes, 1)
+    grads = {k: jnp.asarray(v) for k, v in grads_np.items()}
+    n = n_params(shapes)
+    rows = []
+    for recipe in recipes:
+        runners, memory = {}, {}
+        for lib, make in libs.items():
+            donations = (True, False) if args.no_donate else (True,)
+            for donate in donations:
+                key = lib if donate else lib + " (no donation)"
+                apply = optax.apply_updates if lib == "optax" else gradx.apply_updates
+                runners[key], compiled = jax_stepper(make(recipe), apply, params_np, grads, donate,
+                                                     f"{lib} {recipe}")
+                if donate:
+                    memory[key] = memory_figures(compiled)
+        if with_torch:
+            for impl in ("foreach", "fused"):
+                run = torch_stepper(recipe, params_np, grads_np, impl)
+                if run is not None:
+                    runners[f"torch-{impl}"] = run
+        inner = max(1, int(args.min_batch_s / max(1e-5, _probe(runners["optax"]))))
+        timings = time_interleaved(runners, args.repeats, inner)
+        bound_s = BOUND_BYTES[recipe] * n / (bw_gbps * 1e9)
+        ref = timings["optax"]["median_s"]
+        for key, t in timings.items():
+            t.update(ratio_to_optax=t["median_s"] / ref, bandwidth_fraction=bound_s / t["median_s"])
+        rows.append({"regime": label, "recipe": recipe, "n_params": n, "n_leaves": len(shapes),
+                     "bound_bytes_per_param": BOUND_BYTES[recipe], "bound_s": bound_s,
+                     "timings": timings, "memory": memory})
+        _print_row(rows[-1])
+        del runners
+        gc.collect()
+    return rows
+
+
+def _probe(run):
+    t0 = time.perf_counter()
+    run()
+    return time.perf_counter() - t0
+
+
+def _print_row(row):
+    parts = [f"{k}={v['median_s'] * 1e3:.2f}ms({v['ratio_to_optax']:.2f}x,bw {v['bandwidth_fraction']:.2f})"
+             for k, v in row["timings"].items()]
+    print(f"[{row['regime']}/{row['recipe']} {row['n_params']:,}p {row['n_leaves']}l] " + " ".join(parts),
+          flush=True)
+
+
+def compile_regime(leaf_counts, recipes, libs, args):
+    rows = []
+    for recipe in recipes:
+        for n_leaves in leaf_counts:
+            shapes = many_leaf_shapes(n_leaves, args.many_width)
+            params = {k: jnp.zeros(s, jnp.float32) for k, s in shapes.items()}
+            grads = params
+            row = {"recipe": recipe, "n_leaves": len(shapes), "n_params": n_params(shapes), "compile_s": {}}
+            for lib, make in libs.items():
+                tx = make(recipe)
+                apply = optax.apply_updates if lib == "optax" else gradx.apply_updates
+
+                def step(params, state, grads, tx=tx, apply=apply):
+                    updates, state = tx.update(grads, state, params)
+                    return apply(params, updates), state
+
+                state = unshare(tx.init(params), f"{lib} {recipe}")
+                t0 = time.perf_counter()
+                jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+                row["compile_s"][lib] = time.perf_counter() - t0
+            rows.append(row)
+            print(f"[compile/{recipe} {row['n_leaves']}l] " +
+                  " ".join(f"{k}={v:.2f}s" for k, v in row["compile_s"].items()), flush=True)
+    return rows
+
+
+def model_regime(args, bw_gbps, libs, recipes):
+    """A Flax MLP train step (forward, backward, optimizer, apply) in one jit, and the same in
+    torch (forward, backward, ``optimizer.step``)."""
+    import flax.linen as nn
+
+    width, depth, batch = args.model_width, args.model_depth, args.model_batch
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for _ in range(depth):
+                x = nn.relu(nn.Dense(width)(x))
+            return nn.Dense(1)(x)
+
+    model = MLP()
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, width), dtype=np.float32))
+    y = jnp.asarray(rng.standard_normal((batch, 1), dtype=np.float32))
+    params0 = model.init(jax.random.PRNGKey(0), x)
+    n = sum(p.size for p in jax.tree.leaves(params0))
+    rows = []
+    for recipe in recipes:
+        runners = {}
+        for lib, make in libs.items():
+            tx = make(recipe)
+            apply = optax.apply_updates if lib == "optax" else gradx.apply_updates
+
+            def train_step(params, state, x, y, tx=tx, apply=apply):
+                loss, grads = jax.value_and_grad(
+                    lambda p: jnp.mean((model.apply(p, x) - y) ** 2))(params)
+                updates, state = tx.update(grads, state, params)
+                return apply(params, updates), state, loss
+
+            params = jax.tree.map(jnp.copy, params0)
+            state = unshare(tx.init(params), f"{lib} {recipe}")
+            compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, state, x, y).compile()
+            box = [params, state]
+
+            def run(compiled=compiled, box=box):
+                box[0], box[1], loss = compiled(box[0], box[1], x, y)
+                jax.block_until_ready(loss)
+
+            runners[lib] = run
+        for impl in ("foreach", "fused"):
+            run = torch_model_stepper(recipe, width, depth, batch, impl)
+            if run is not None:
+                runners[f"torch-{impl}"] = run
+        inner = max(1, int(args.min_batch_s / max(1e-5, _probe(runners["optax"]))))
+        timings = time_interleaved(runners, args.repeats, inner)
+        ref = timings["optax"]["median_s"]
+        for t in timings.values():
+            t["ratio_to_optax"] = t["median_s"] / ref
+            t["bandwidth_fraction"] = BOUND_BYTES[recipe] * n / (bw_gbps * 1e9) / t["median_s"]
+        rows.append({"regime": "model", "recipe": recipe, "n_params": int(n),
+                     "n_leaves": len(jax.tree.leaves(params0)), "timings": timings,
+                     "model": f"MLP depth {depth} width {width} batch {batch}"})
+        _print_row(rows[-1])
+    return rows
+
+
+def torch_model_stepper(recipe, width, depth, batch, impl):
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(depth):
+        layers += [torch.nn.Linear(width, width), torch.nn.ReLU()]
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(width, 1))
+    params = list(net.parameters())
+    opt = torch_optimizer(recipe, params, impl)
+    if opt is None:
+        return None
+    x = torch.randn(batch, width)
+    y = torch.randn(batch, 1)
+    count = [0]
+
+    def run():
+        opt.zero_grad(set_to_none=False)
+        loss = torch.mean((net(x) - y) ** 2)
+        loss.backward()
+        with torch.no_grad():
+            if recipe == "clip_adamw_cosine":
+                torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(count[0])
+            opt.step()
+        count[0] += 1
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (development)")
+    p.add_argument("--regimes", default="large,many,model,compile")
+    p.add_argument("--recipes", default=",".join(RECIPES))
+    p.add_argument("--large-width", type=int, default=768, help="768: ~110M params in 147 leaves")
+    p.add_argument("--large-layers", type=int, default=12)
+    p.add_argument("--many-leaves", default="750,1500,3000")
+    p.add_argument("--many-width", type=int, default=32)
+    p.add_argument("--compile-leaves", default="100,250,500,1000,2000,3000")
+    p.add_argument("--compile-recipes", default="adamw")
+    p.add_argument("--model-width", type=int, default=1024)
+    p.add_argument("--model-depth", type=int, default=8)
+    p.add_argument("--model-batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--min-batch-s", type=float, default=0.05, help="time at least this per batch")
+    p.add_argument("--no-donate", action="store_true", help="also time every JAX step without donation")
+    p.add_argument("--no-fused", action="store_true", help="leave gradx's fast path out")
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.large_width, args.large_layers = 128, 4
+        args.many_leaves, args.compile_leaves = "150,600", "100,300,600"
+        args.model_width, args.model_depth, args.model_batch = 128, 3, 16
+        args.repeats, args.min_batch_s = 5, 0.01
+    return args
+
+
+def machine():
+    info = {"platform": platform.platform(), "python": sys.version.split()[0],
+            "jax": jax.__version__, "optax": optax.__version__, "torch": torch.__version__,
+            "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+        with open("/proc/meminfo") as f:
+            info["mem_total_kB"] = int(f.readline().split()[1])
+        info["loadavg_at_start"] = os.getloadavg()
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    regimes = args.regimes.split(",")
+    recipes = [r for r in args.recipes.split(",") if r]
+    libs = jax_libs(args)
+    os.makedirs(args.out, exist_ok=True)
+    result = {"command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+              "args": vars(args), "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    bw = bandwidth(16_000_000 if args.quick else 64_000_000, args.repeats)
+    result["bandwidth"] = bw
+    print(f"bandwidth: triad {bw['triad_GBps']:.1f} GB/s, copy {bw['scale_copy_GBps']:.1f} GB/s", flush=True)
+    bw_gbps = bw["triad_GBps"]
+    rows = []
+    if "large" in regimes:
+        shapes = transformer_shapes(args.large_layers, args.large_width, vocab=32_000)
+        rows += step_regime("large", shapes, recipes, args, bw_gbps, libs, not args.no_torch)
+    if "many" in regimes:
+        for n_leaves in map(int, args.many_leaves.split(",")):
+            rows += step_regime(f"many-{n_leaves}", many_leaf_shapes(n_leaves, args.many_width),
+                                recipes, args, bw_gbps, libs, not args.no_torch)
+    result["steps"] = rows
+    if "model" in regimes:
+        result["model"] = model_regime(args, bw_gbps, libs, recipes)
+    if "compile" in regimes:
+        result["compile"] = compile_regime([int(n) for n in args.compile_leaves.split(",")],
+                                           args.compile_recipes.split(","), libs, args)
+    result["notes"] = NOTES
+    result["loadavg_at_end"] = os.getloadavg()
+    path = os.path.join(args.out, "results.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
