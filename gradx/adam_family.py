@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from gradx import checks, tree_utils
 from gradx.base import GradientTransformation, safe_increment
-from gradx.leafwise import Moment, leafwise
+from gradx.leafwise import Moment, debias_factor, leafwise
 
 __all__ = [
     "update_moment", "update_moment_per_elem_norm", "update_infinity_moment", "bias_correction",
@@ -92,7 +92,7 @@ def bias_correction(moment, decay, count):
     ``1 - decay^count`` is computed in float32 (for a Python ``decay``) and then cast to each
     moment's dtype, as Optax does, so bfloat16 moments stay bfloat16.
     """
-    correction = 1 - decay ** jnp.asarray(count)
+    correction = debias_factor(decay, jnp.asarray(count))
     return jax.tree.map(lambda m: _debias(m, correction), moment)
 
 
@@ -115,9 +115,9 @@ def _corrections(nesterov=False, **decays):
     ``bc1_next = 1 - b1^(t+1)`` for the Nesterov form."""
 
     def step_scalars(count):
-        scalars = {f"bc{name[1:]}": 1 - decay ** count for name, decay in decays.items()}
+        scalars = {f"bc{name[1:]}": debias_factor(decay, count) for name, decay in decays.items()}
         if nesterov:
-            scalars["bc1_next"] = 1 - decays["b1"] ** safe_increment(count)
+            scalars["bc1_next"] = debias_factor(decays["b1"], safe_increment(count))
         return scalars
 
     return step_scalars
@@ -237,8 +237,8 @@ def scale_by_amsgrad(b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0,
 
     def step_scalars(count):
         one = jnp.ones([], jnp.float32)  # x / 1 is exact: no correction
-        return {"bc1": 1 - b1 ** count if bias_correction_mu else one,
-                "bc2": 1 - b2 ** count if bias_correction_nu else one}
+        return {"bc1": debias_factor(b1, count) if bias_correction_mu else one,
+                "bc2": debias_factor(b2, count) if bias_correction_nu else one}
 
     def rule(g, mu, nu, nu_max, *, bc1, bc2):
         mu = _ema(g, mu, b1)
@@ -410,30 +410,6 @@ def scale_by_yogi(b1=0.9, b2=0.999, eps=1e-3, eps_root=0.0, initial_accumulator_
                     step_scalars=_corrections(b1=b1, b2=b2))
 
 
-def _leaf_scalar(x):
-    """The value of a leaf whose elements are all equal (0 for an empty leaf)."""
-    return jnp.reshape(x, -1)[0] if x.size else jnp.zeros([], x.dtype)
-
-
-def _with_scalar_moment(tx: GradientTransformation, field: str, init) -> GradientTransformation:
-    """Stores the moment ``field`` of a leafwise transformation as one 0-d array per leaf.
-
-    ``leafwise`` shape-checks every moment against its leaf, so ``update`` hands the rule a
-    broadcast view of each scalar (read back with :func:`_leaf_scalar`); the rule returns the
-    new scalar. ``init(params)`` builds the whole state.
-    """
-
-    def update(updates, state, params=None):
-        try:
-            full = jax.tree.map(lambda g, s: jnp.broadcast_to(s, jnp.shape(g)), updates,
-                                getattr(state, field))
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"state.{field} does not match updates: {error}") from error
-        return tx.update(updates, state._replace(**{field: full}), params)
-
-    return GradientTransformation(init, update)
-
-
 def scale_by_novograd(b1=0.9, b2=0.25, eps=1e-8, eps_root=0.0, weight_decay=0.0,
                       mu_dtype: Optional[Any] = None) -> GradientTransformation:
     """Rescales updates by NovoGrad: a per-layer (per-leaf) second moment.
@@ -458,17 +434,12 @@ def scale_by_novograd(b1=0.9, b2=0.25, eps=1e-8, eps_root=0.0, weight_decay=0.0,
 
     def rule(g, p, mu, nu, *, first):
         sq_norm = jnp.linalg.norm(g) ** 2  # ‖g‖², rounded as Optax rounds it
-        nu = jnp.where(first, sq_norm, _ema(sq_norm, _leaf_scalar(nu), b2))
+        nu = jnp.where(first, sq_norm, _ema(sq_norm, nu, b2))
         step = g / (jnp.sqrt(nu + eps_root) + eps) + weight_decay * p
         mu = jnp.where(first, step, b1 * mu + step).astype(mu.dtype)
         return mu, mu, nu
 
-    def init(params):
-        return ScaleByNovogradState(
-            count=jnp.zeros([], jnp.int32), mu=tree_utils.zeros_like(params, mu_dtype),
-            nu=jax.tree.map(lambda p: jnp.zeros([], jnp.result_type(p)), params))
-
-    tx = leafwise(rule, ScaleByNovogradState, moments=(Moment("mu", dtype=mu_dtype), Moment("nu")),
-                  step_scalars=lambda count: {"first": count == 1}, needs_params=True,
-                  elementwise=False)
-    return _with_scalar_moment(tx, "nu", init)
+    moments = (Moment("mu", dtype=mu_dtype),
+               Moment("nu", lambda p: jnp.zeros([], jnp.result_type(p))))  # one scalar per leaf
+    return leafwise(rule, ScaleByNovogradState, moments, needs_params=True, elementwise=False,
+                    step_scalars=lambda count: {"first": count == 1})

@@ -11,17 +11,7 @@ import jax.numpy as jnp
 
 from gradx import checks, tree_utils
 from gradx.base import GradientTransformation, Updates
-from gradx.leafwise import Moment, leafwise
-
-
-def _debias_factor(decay, count) -> jax.Array:
-    """``1 - decay**count``: the Adam-style bias correction of an EMA after ``count`` steps.
-
-    Computed in the default float dtype (``decay`` may be a Python float or an array); a rule
-    casts it to its moment's dtype before dividing, so a low-precision moment never sees
-    ``decay**count`` rounded to 1.
-    """
-    return 1 - decay ** count
+from gradx.leafwise import Moment, debias_factor, leafwise
 
 
 class TraceState(NamedTuple):
@@ -90,19 +80,13 @@ def ema(decay, debias: bool = True, accumulator_dtype: Optional[Any] = None
         return e / correction.astype(e.dtype), e
 
     def step_scalars(count):
-        return {"correction": _debias_factor(decay, count) if debias else jnp.ones([])}
+        return {"correction": debias_factor(decay, count) if debias else jnp.ones([])}
 
     return leafwise(rule, EmaState, (Moment("ema", 0.0, accumulator_dtype),), step_scalars)
 
 
 class ScaleByOptimisticGradientState(NamedTuple):
     is_initial_step: jax.Array
-    previous_gradient: Updates
-
-
-class _OptimisticCountState(NamedTuple):
-    # The leafwise form of ScaleByOptimisticGradientState: count 0 before the first update.
-    count: jax.Array
     previous_gradient: Updates
 
 
@@ -124,21 +108,11 @@ def scale_by_optimistic_gradient(alpha=1.0, beta=1.0) -> GradientTransformation:
         previous = jnp.where(first, g, previous)
         return (alpha + beta) * g - beta * previous, g
 
-    inner = leafwise(rule, _OptimisticCountState, (Moment("previous_gradient"),),
-                     step_scalars=lambda count: {"first": count == 1})
+    def step_scalars(_, is_initial_step):
+        return {"first": is_initial_step}, {"is_initial_step": jnp.array(False)}
 
-    def init(params):
-        return ScaleByOptimisticGradientState(jnp.array(True),
-                                              inner.init(params).previous_gradient)
-
-    def update(updates, state, params=None):
-        count = jnp.where(state.is_initial_step, 0, 1).astype(jnp.int32)
-        updates, inner_state = inner.update(
-            updates, _OptimisticCountState(count, state.previous_gradient), params)
-        return updates, ScaleByOptimisticGradientState(jnp.array(False),
-                                                       inner_state.previous_gradient)
-
-    return GradientTransformation(init, update)
+    return leafwise(rule, ScaleByOptimisticGradientState, (Moment("previous_gradient"),),
+                    step_scalars, carry={"is_initial_step": True})
 
 
 __all__ = ["TraceState", "trace", "EmaState", "ema", "ScaleByOptimisticGradientState",

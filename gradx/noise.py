@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from gradx import checks
-from gradx.base import GradientTransformation, safe_increment
+from gradx.base import GradientTransformation
+from gradx.leafwise import PerLeaf, leafwise
 
 
 class AddNoiseState(NamedTuple):
@@ -26,9 +27,8 @@ def _as_key(key: Union[jax.Array, int]) -> jax.Array:
     return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
 
 
-def _add_normal(g, std, key):
-    dtype = jnp.result_type(g)
-    return (g + std * jax.random.normal(key, jnp.shape(g), dtype)).astype(dtype)
+def _add_normal(g, *, std, key):
+    return g + std * jax.random.normal(key, jnp.shape(g), jnp.result_type(g))
 
 
 def add_noise(eta: jax.typing.ArrayLike, gamma: jax.typing.ArrayLike,
@@ -58,21 +58,13 @@ def add_noise(eta: jax.typing.ArrayLike, gamma: jax.typing.ArrayLike,
         key = 0
     checks.non_negative("eta", eta)
 
-    def init(params):
-        del params
-        return AddNoiseState(count=jnp.zeros([], jnp.int32), rng_key=_as_key(key))
+    def step_scalars(count, updates, rng_key):
+        rng_key, sample_key = jax.random.split(rng_key)
+        keys = jax.random.split(sample_key, len(jax.tree.leaves(updates)))
+        return {"std": jnp.sqrt(eta / count ** gamma), "key": PerLeaf(keys)}, {"rng_key": rng_key}
 
-    def update(updates, state, params=None):
-        del params
-        count = safe_increment(state.count)
-        std = jnp.sqrt(eta / count ** gamma)
-        rng_key, sample_key = jax.random.split(state.rng_key)
-        leaves, treedef = jax.tree.flatten(updates)
-        keys = jax.random.split(sample_key, len(leaves))
-        noisy = [_add_normal(g, std, k) for g, k in zip(leaves, keys)]
-        return treedef.unflatten(noisy), AddNoiseState(count=count, rng_key=rng_key)
-
-    return GradientTransformation(init, update)
+    return leafwise(_add_normal, AddNoiseState, step_scalars=step_scalars, elementwise=False,
+                    step_inputs=("updates",), carry={"rng_key": _as_key(key)})
 
 
 __all__ = ["AddNoiseState", "add_noise"]

@@ -12,8 +12,7 @@ import jax.numpy as jnp
 
 from gradx import checks
 from gradx.base import GradientTransformation, Updates
-from gradx.leafwise import Moment, leafwise
-from gradx.momentum import _debias_factor
+from gradx.leafwise import Moment, debias_factor, leafwise
 from gradx.tree_utils import abs_sq
 
 
@@ -39,7 +38,7 @@ def _with_optional_count(rule, plain_state, count_state, moments, decay, bias_co
     bias ``correction = 1 - decay^t`` when ``bias_correction``."""
     if bias_correction:
         return leafwise(rule, count_state, moments,
-                        step_scalars=lambda count: {"correction": _debias_factor(decay, count)})
+                        step_scalars=lambda count: {"correction": debias_factor(decay, count)})
     return leafwise(rule, plain_state, moments)
 
 
