@@ -1,9 +1,8 @@
 """Memory-saving second moments: Adafactor's factored RMS and SM3's per-axis accumulators.
 
 Both keep, for each leaf, buffers that are *not* shaped like the leaf (row and column
-statistics; one accumulator per axis), which :func:`gradx.leafwise` cannot hold. They are
-written as per-leaf rules, like every other rule, and built by ``_shaped_leafwise`` below,
-the same builder with per-leaf state entries of any shape.
+statistics; one accumulator per axis): per-leaf rules built with :func:`gradx.leafwise`, whose
+``Moment`` initialisers are functions of the parameter leaf.
 """
 
 import functools
@@ -13,57 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradx import checks, tree_utils
-from gradx.base import NO_PARAMS_MSG, GradientTransformation, Updates, safe_increment
+from gradx import checks
+from gradx.base import GradientTransformation, Updates
+from gradx.leafwise import Moment, leafwise
 from gradx.tree_utils import abs_sq
-
-
-def _shaped_leafwise(rule, init_entries, state_cls, fields, step_scalars=None,
-                     requires_params: bool = False) -> GradientTransformation:
-    """:func:`gradx.leafwise` for per-leaf state entries of any shape.
-
-    ``init_entries(param)`` returns one entry (an array or a list of arrays) per name in
-    ``fields``; ``rule(g, *entries, **step_scalars(count))`` returns the update followed by the
-    new entries. Each new entry keeps the old one's dtype, the update the gradient's dtype; the
-    state's ``count`` (if it has one) advances by one (``count`` is the step number from 1).
-    ``requires_params`` only demands params (as Optax does); the rule does not receive them.
-    The rule reduces over its leaf (not elementwise).
-    """
-    has_count = "count" in state_cls._fields
-
-    def init(params):
-        leaves, treedef = jax.tree.flatten(params)
-        entries = [init_entries(p) for p in leaves]
-        state = {name: treedef.unflatten([e[i] for e in entries]) for i, name in enumerate(fields)}
-        if has_count:
-            state["count"] = jnp.zeros([], jnp.int32)
-        return state_cls(**state)
-
-    def update(updates, state, params=None):
-        if requires_params and params is None:
-            raise ValueError(NO_PARAMS_MSG)
-        treedef, (grads, *_) = tree_utils.flatten_matching(
-            updates, [params] if requires_params else [], ["params"])
-        entries = []
-        for name in fields:
-            try:
-                entries.append(treedef.flatten_up_to(getattr(state, name)))
-            except (ValueError, TypeError) as error:
-                raise ValueError(f"state.{name} does not match updates.") from error
-        count = safe_increment(state.count) if has_count else None
-        scalars = step_scalars(count) if step_scalars is not None else {}
-        new_updates, new_entries = [], [[] for _ in fields]
-        for g, *old in zip(grads, *entries):
-            u, *new = rule(g, *old, **scalars)
-            new_updates.append(jnp.asarray(u).astype(jnp.result_type(g)))
-            for slot, n, o in zip(new_entries, new, old):
-                slot.append(jax.tree.map(lambda a, b: jnp.asarray(a).astype(b.dtype), n, o))
-        state = {name: treedef.unflatten(e) for name, e in zip(fields, new_entries)}
-        if has_count:
-            state["count"] = count
-        return treedef.unflatten(new_updates), state_cls(**state)
-
-    return GradientTransformation(init, update)
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,16 +90,23 @@ def scale_by_factored_rms(
     checks.non_negative("epsilon", epsilon)
     checks.non_negative("min_dim_size_to_factor", min_dim_size_to_factor)
 
-    def init_entries(p):
-        dims = _factored_dims(p.shape, factored, min_dim_size_to_factor)
-        unused = jnp.zeros((1,), p.dtype)
-        if dims is None:
-            return unused, unused, jnp.zeros(p.shape, p.dtype)
-        small, large = dims
-        without = lambda axis: tuple(n for i, n in enumerate(p.shape) if i != axis)
-        return jnp.zeros(without(large), p.dtype), jnp.zeros(without(small), p.dtype), unused
+    def init_stat(axis):
+        """Zeros for the statistics of a factored leaf with axis ``dims[axis]`` reduced
+        (``axis=None``: the full moment of a leaf that is not factored); shape (1,) if unused."""
 
-    def rule(g, v_row, v_col, v, *, beta):
+        def init(p):
+            dims = _factored_dims(p.shape, factored, min_dim_size_to_factor)
+            if (dims is None) != (axis is None):
+                return jnp.zeros((1,), p.dtype)
+            kept = [n for i, n in enumerate(p.shape) if axis is None or i != dims[axis]]
+            return jnp.zeros(tuple(kept), p.dtype)
+
+        return init
+
+    moments = (Moment("v_row", init_stat(1)), Moment("v_col", init_stat(0)),
+               Moment("v", init_stat(None)))
+
+    def rule(g, _, v_row, v_col, v, *, beta):
         g_sq = abs_sq(g) + epsilon
         dims = _factored_dims(g.shape, factored, min_dim_size_to_factor)
         if dims is None:
@@ -165,8 +124,9 @@ def scale_by_factored_rms(
     def step_scalars(count):
         return {"beta": decay_rate_fn(count - 1 - step_offset, decay_rate)}
 
-    return _shaped_leafwise(rule, init_entries, FactoredState, ("v_row", "v_col", "v"),
-                            step_scalars, requires_params=True)
+    # Params are required, as in Optax, though the rule does not read them.
+    return leafwise(rule, FactoredState, moments, step_scalars, needs_params=True,
+                    elementwise=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,11 +166,11 @@ def scale_by_sm3(b1=0.9, b2=1.0, eps=1e-8) -> GradientTransformation:
     checks.in_range("b2", b2, 0.0, 1.0, high_open=False)
     checks.non_negative("eps", eps)
 
-    def init_entries(p):
+    def init_accumulators(p):
         if jnp.issubdtype(p.dtype, jnp.complexfloating):
             raise ValueError("scale_by_sm3 does not support complex parameters.")
         shapes = [p.shape] if len(p.shape) < 2 else [(n,) for n in p.shape]
-        return [jnp.zeros(s, p.dtype) for s in shapes], jnp.zeros(p.shape, p.dtype)
+        return [jnp.zeros(s, p.dtype) for s in shapes]
 
     def rule(g, mu, nu):
         gain = jnp.where(jnp.asarray(b2) == 1, 1.0, 1 - b2)
@@ -226,7 +186,8 @@ def scale_by_sm3(b1=0.9, b2=1.0, eps=1e-8) -> GradientTransformation:
         nu = (1 - b1) * u + b1 * nu
         return nu, mu, nu
 
-    return _shaped_leafwise(rule, init_entries, ScaleBySM3State, ("mu", "nu"))
+    return leafwise(rule, ScaleBySM3State, (Moment("mu", init_accumulators), Moment("nu")),
+                    elementwise=False)
 
 
 __all__ = ["FactoredState", "scale_by_factored_rms", "ScaleBySM3State", "scale_by_sm3"]
