@@ -26,7 +26,7 @@ from gradx.base import (GradientTransformation, GradientTransformationExtraArgs,
 __all__ = [
     "WrappedSchedule", "InjectHyperparamsState", "InjectStatefulHyperparamsState",
     "inject_hyperparams", "inject_stateful_hyperparams", "TelemetryState", "with_telemetry",
-    "read_state", "set_hyperparams",
+    "read_state", "set_hyperparams", "register_readable_state",
 ]
 
 
@@ -193,13 +193,26 @@ def with_telemetry(inner: GradientTransformation) -> GradientTransformationExtra
     return GradientTransformationExtraArgs(init, update)
 
 
-_TELEMETRY_FIELDS = [f for f in TelemetryState._fields if f != "inner_state"]
+# Readable states: wrapper states whose scalar fields ``read_state`` reports (telemetry here;
+# skip counters and accumulation counters in their own modules). One registry, one mechanism.
+_READABLE_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def register_readable_state(state_cls: type, fields) -> None:
+    """Makes ``read_state`` report ``fields`` of every ``state_cls`` node (a NamedTuple that
+    holds its inner transformation's state in ``inner_state``)."""
+    if "inner_state" not in state_cls._fields:
+        raise ValueError(f"{state_cls.__name__} has no inner_state field.")
+    _READABLE_FIELDS[state_cls] = tuple(fields)
+
+
+register_readable_state(TelemetryState, [f for f in TelemetryState._fields if f != "inner_state"])
 
 
 def _named_nodes(state, prefix=()):
-    """Yields ``(group_path, node)`` for every injected-hyperparameter or telemetry node; the
+    """Yields ``(group_path, node)`` for every injected-hyperparameter or readable node; the
     group path keeps only dict keys (partition labels, named_chain names)."""
-    if isinstance(state, (InjectStatefulHyperparamsState, TelemetryState)):
+    if isinstance(state, (InjectStatefulHyperparamsState, *_READABLE_FIELDS)):
         yield prefix, state
         yield from _named_nodes(state.inner_state, prefix)
     elif isinstance(state, dict):
@@ -211,7 +224,8 @@ def _named_nodes(state, prefix=()):
 
 
 def read_state(state) -> dict:
-    """Every hyperparameter and telemetry value in an optimizer state, as a flat dict.
+    """Every hyperparameter and telemetry value in an optimizer state, as a flat dict, with the
+    fields of every registered readable state (``register_readable_state``: skip counters...).
 
     Keys are the names (``'learning_rate'``, ``'b1'``, ``'grad_norm'``…), prefixed by the group
     path under ``partition`` or ``named_chain`` (``'decay/learning_rate'``). Hyperparameters are
@@ -221,7 +235,7 @@ def read_state(state) -> dict:
     values = {}
     for path, node in _named_nodes(state):
         items = (node.hyperparams.items() if isinstance(node, InjectStatefulHyperparamsState)
-                 else ((f, getattr(node, f)) for f in _TELEMETRY_FIELDS))
+                 else ((f, getattr(node, f)) for f in _READABLE_FIELDS[type(node)]))
         for name, value in items:
             values["/".join(path + (name,))] = value
     if not values:

@@ -1,10 +1,18 @@
-"""Gradient accumulation: ``MultiSteps`` averages (or sums) k mini-step gradients and runs the
-inner optimizer once on the result.
+"""Gradient accumulation: average (or sum) the gradients of k micro-batches and run the inner
+optimizer once on the result.
 
-Memory and compute: the only full-size buffer is the accumulator ``acc_grads``. The inner
-optimizer runs only on the emitting mini-step, under ``lax.cond``; on the other mini-steps it is
-not evaluated at all (Optax evaluates it on every mini-step and throws the result away,
-optax#472/#528).
+Two faces over one micro-step rule (:func:`_micro_step`):
+
+* ``MultiSteps``: Optax's class, same state and numbers;
+* ``accumulate_gradients``: the lean form for training loops: micro-batches weighted by their
+  token count (``update(..., weight=n_tokens)``), non-finite micro-batches dropped and counted,
+  the inner optimizer fed the float32 accumulator.
+
+Memory and compute: the only full-size buffer either adds is the accumulator ``acc_grads``. The
+inner optimizer runs only on the emitting micro-step, under ``lax.cond``; on the other
+micro-steps it is not evaluated at all (Optax evaluates it on every mini-step and throws the
+result away, optax#472/#528), so its step count, and any schedule driven by it, advances once
+per optimizer step.
 """
 
 from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
@@ -15,6 +23,7 @@ import jax.numpy as jnp
 from gradx import checks, tree_utils
 from gradx.base import (GradientTransformation, GradientTransformationExtraArgs, safe_increment,
                         with_extra_args_support)
+from gradx.hyperparams import register_readable_state
 from gradx.wrappers import cond_update
 
 
@@ -57,6 +66,55 @@ def _never_skip(updates, gradient_step, params):
     return jnp.array(False, jnp.bool_), ()
 
 
+def _every_k(every_k_schedule):
+    """``every_k_schedule`` as a function of the optimizer step; an integer below 1 raises."""
+    if callable(every_k_schedule):
+        return every_k_schedule
+    checks.positive("every_k_schedule", every_k_schedule)
+    return lambda step: every_k_schedule
+
+
+def _zero_accumulator(params, accumulator_dtype):
+    """Zeros shaped like ``params``, in ``accumulator_dtype`` or, for ``None``, in float32 or the
+    leaf's own dtype when wider (float64 under x64, complex kept complex)."""
+    dtype = tree_utils.canonicalize_dtype(accumulator_dtype)
+    return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), dtype or jnp.promote_types(
+        jnp.result_type(p), jnp.float32)), params)
+
+
+def _micro_step(opt, grads, acc, weight, window_weight, window_end, inner_state, params,
+                extra_args, use_mean, inner_sees_grads_dtype):
+    """Adds one micro-batch to the accumulator and, at the end of a window that holds some
+    weight, runs ``opt`` once on the accumulated gradient.
+
+    ``W`` is the weight accumulated so far in the window and ``w`` this micro-batch's weight:
+    the accumulator becomes the running weighted mean ``a + (g - a)·w / (W + w)`` (``MultiSteps``
+    passes ``w = 1`` and ``W = n`` mini-steps: Optax's ``a + (g - a)/(n + 1)``, bit for bit), or the
+    weighted sum ``a + w·g`` without ``use_mean``; each leaf keeps the accumulator's dtype.
+    ``opt`` sees the accumulator cast to the gradients' dtypes (Optax's choice) or, without
+    ``inner_sees_grads_dtype``, in its own dtype. At the window's end the accumulator and
+    ``W`` are reset.
+
+    Returns ``(updates in the gradients' dtypes, acc, W, emitted, inner_state)``.
+    """
+    new_weight = window_weight + weight
+    if use_mean:
+        divisor = jnp.where(new_weight > 0, new_weight, 1)
+        acc = jax.tree.map(lambda g, a: (a + (g.astype(a.dtype) - a) * weight / divisor
+                                         ).astype(a.dtype), grads, acc)
+    else:
+        acc = jax.tree.map(lambda g, a: (a + g.astype(a.dtype) * weight).astype(a.dtype),
+                           grads, acc)
+    emit = jnp.logical_and(window_end, new_weight > 0)
+    inner_grads = (jax.tree.map(lambda a, g: a.astype(g.dtype), acc, grads)
+                   if inner_sees_grads_dtype else acc)
+    updates, inner_state = cond_update(emit, opt, inner_grads, inner_state, params, extra_args)
+    updates = jax.tree.map(lambda u, g: u.astype(g.dtype), updates, grads)
+    acc = jax.tree.map(lambda a: jnp.where(window_end, jnp.zeros_like(a), a), acc)
+    new_weight = jnp.where(window_end, jnp.zeros_like(new_weight), new_weight)
+    return updates, acc, new_weight, emit, inner_state
+
+
 class MultiStepsState(NamedTuple):
     """``mini_step``: mini-steps accumulated since the last emit; ``gradient_step``: inner
     optimizer steps taken; ``inner_opt_state``; ``acc_grads``: the running mean (or sum);
@@ -94,23 +152,15 @@ class MultiSteps:
                  use_grad_mean: bool = True,
                  should_skip_update_fn: Optional[ShouldSkipUpdateFunction] = None,
                  accumulator_dtype: Optional[jax.typing.DTypeLike] = None):
-        if not callable(every_k_schedule):
-            checks.positive("every_k_schedule", every_k_schedule)
+        self._every_k_schedule = _every_k(every_k_schedule)
         self._opt = with_extra_args_support(opt)
-        self._every_k_schedule = (every_k_schedule if callable(every_k_schedule)
-                                  else lambda step: every_k_schedule)
         self._use_grad_mean = use_grad_mean
         self._should_skip_update_fn = should_skip_update_fn or _never_skip
-        self._accumulator_dtype = tree_utils.canonicalize_dtype(accumulator_dtype)
+        self._accumulator_dtype = accumulator_dtype
 
     @property
     def inner_opt(self) -> GradientTransformationExtraArgs:
         return self._opt
-
-    def _acc_dtype(self, leaf):
-        if self._accumulator_dtype is not None:
-            return self._accumulator_dtype
-        return jnp.promote_types(jnp.result_type(leaf), jnp.float32)
 
     def init(self, params: Any) -> MultiStepsState:
         gradient_step = jnp.zeros([], jnp.int32)
@@ -119,7 +169,7 @@ class MultiSteps:
         return MultiStepsState(
             mini_step=jnp.zeros([], jnp.int32), gradient_step=gradient_step,
             inner_opt_state=self._opt.init(params),
-            acc_grads=jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), self._acc_dtype(p)), params),
+            acc_grads=_zero_accumulator(params, self._accumulator_dtype),
             skip_state=skip_state)
 
     def update(self, updates: Any, state: MultiStepsState, params: Optional[Any] = None,
@@ -136,23 +186,14 @@ class MultiSteps:
         def accumulate(operands):
             grads, state = operands
             n = state.mini_step
-            if self._use_grad_mean:
-                acc = jax.tree.map(lambda g, a: a + (g.astype(a.dtype) - a) / (n + 1),
-                                   grads, state.acc_grads)
-            else:
-                acc = jax.tree.map(lambda g, a: a + g.astype(a.dtype), grads, state.acc_grads)
-            acc = jax.tree.map(lambda new, old: new.astype(old.dtype), acc, state.acc_grads)
-            emit = n == k - 1
-            acc_as_grads = jax.tree.map(lambda a, g: a.astype(g.dtype), acc, grads)
-            new_updates, inner_state = cond_update(emit, self._opt, acc_as_grads,
-                                                   state.inner_opt_state, params, extra_args)
+            new_updates, acc, _, emit, inner_state = _micro_step(
+                self._opt, grads, state.acc_grads, 1, n, n == k - 1, state.inner_opt_state,
+                params, extra_args, self._use_grad_mean, inner_sees_grads_dtype=True)
             return new_updates, MultiStepsState(
                 mini_step=safe_increment(n) % k,
                 gradient_step=jnp.where(emit, safe_increment(state.gradient_step),
                                         state.gradient_step),
-                inner_opt_state=inner_state,
-                acc_grads=jax.tree.map(lambda a: jnp.where(emit, jnp.zeros_like(a), a), acc),
-                skip_state=skip_state)
+                inner_opt_state=inner_state, acc_grads=acc, skip_state=skip_state)
 
         out_shape = jax.eval_shape(lambda ops: accumulate(ops)[0], (updates, state))
 
@@ -171,5 +212,87 @@ class MultiSteps:
         return GradientTransformationExtraArgs(init=self.init, update=self.update)
 
 
+class AccumulateGradientsState(NamedTuple):
+    """``micro_step``: micro-batches seen in the current window (``0 ≤ micro_step < k``);
+    ``optimizer_step``: steps the inner optimizer has taken; ``skipped_micro_batches``:
+    non-finite micro-batches dropped so far; ``window_weight``: the weight accumulated in the
+    current window; ``acc_grads``: the running weighted mean (or sum); ``inner_state``."""
+
+    micro_step: jax.Array
+    optimizer_step: jax.Array
+    skipped_micro_batches: jax.Array
+    window_weight: jax.Array
+    acc_grads: Any
+    inner_state: Any
+
+
+register_readable_state(AccumulateGradientsState,
+                        ("micro_step", "optimizer_step", "skipped_micro_batches", "window_weight"))
+
+
+def accumulate_gradients(inner: GradientTransformation,
+                         every_k_schedule: Union[int, Callable[[jax.Array], jax.typing.ArrayLike]],
+                         use_grad_mean: bool = True, skip_nonfinite: bool = False,
+                         accumulator_dtype: Optional[jax.typing.DTypeLike] = None
+                         ) -> GradientTransformationExtraArgs:
+    """Gradient accumulation for training loops: every ``k = every_k_schedule(optimizer_step)``
+    calls (one per micro-batch), runs ``inner`` once on the micro-batches' weighted mean.
+
+    ``update(grads, state, params, weight=w)``: ``w`` is the micro-batch's weight (its token
+    count, say; 1 when omitted, non-negative). The window of ``k`` micro-batches emits
+    ``inner`` applied to ``Σ wᵢ gᵢ / Σ wᵢ`` (``Σ wᵢ gᵢ`` without ``use_grad_mean``), kept as a
+    running weighted mean ``a ← a + (g - a)·w / (W + w)``; every other call returns zero
+    updates. For a loss averaged over each micro-batch's tokens, token weights make the result
+    the gradient of the loss averaged over every token of the window.
+
+    - Memory: one full-size buffer, ``acc_grads``, in ``accumulator_dtype`` (``None``: float32,
+      or the leaf's dtype when wider). ``inner`` receives it in that dtype, so bf16 gradients
+      are averaged and handed on in float32; the updates leave in the gradients' dtype.
+    - Counting: ``micro_step`` (position in the window) and ``optimizer_step`` (inner steps)
+      are separate; ``inner`` runs only on emitting calls (``lax.cond``), so its own step count
+      and every schedule inside it advance once per optimizer step.
+    - ``skip_nonfinite``: a micro-batch with a NaN or an Inf is dropped (weight 0, the
+      accumulator bit-identical) and counted in ``skipped_micro_batches``; it still takes its
+      place in the window, so an optimizer step still comes every ``k`` calls, on the finite
+      micro-batches. A window where every micro-batch was dropped (or all weights are 0) takes
+      no step: ``inner``'s state and ``optimizer_step`` stay as they were.
+
+    The counters are readable with ``gradx.read_state``. Not in Optax; ``MultiSteps`` is Optax's
+    form (unit weights, the inner optimizer fed the gradients' dtype).
+    """
+    every_k = _every_k(every_k_schedule)
+    inner = with_extra_args_support(inner)
+    weight_dtype = jnp.result_type(float)
+
+    def init(params):
+        zero = jnp.zeros([], jnp.int32)
+        return AccumulateGradientsState(
+            micro_step=zero, optimizer_step=zero, skipped_micro_batches=zero,
+            window_weight=jnp.zeros([], weight_dtype),
+            acc_grads=_zero_accumulator(params, accumulator_dtype), inner_state=inner.init(params))
+
+    def update(updates, state, params=None, weight=None, **extra_args):
+        k = every_k(state.optimizer_step)
+        weight = jnp.asarray(1 if weight is None else weight).astype(weight_dtype)
+        skipped = state.skipped_micro_batches
+        if skip_nonfinite:
+            finite = tree_utils.all_finite(updates)
+            weight = jnp.where(finite, weight, 0)
+            updates = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), updates)
+            skipped = jnp.where(finite, skipped, safe_increment(skipped))
+        new_updates, acc, window_weight, emit, inner_state = _micro_step(
+            inner, updates, state.acc_grads, weight, state.window_weight,
+            state.micro_step == k - 1, state.inner_state, params, extra_args, use_grad_mean,
+            inner_sees_grads_dtype=False)
+        return new_updates, AccumulateGradientsState(
+            micro_step=safe_increment(state.micro_step) % k,
+            optimizer_step=jnp.where(emit, safe_increment(state.optimizer_step),
+                                     state.optimizer_step),
+            skipped_micro_batches=skipped, window_weight=window_weight, acc_grads=acc,
+            inner_state=inner_state)
+
+    return GradientTransformationExtraArgs(init, update)
+
+
 __all__ = ["ShouldSkipUpdateFunction", "skip_not_finite", "skip_large_updates", "MultiStepsState",
-           "MultiSteps"]
+           "MultiSteps", "AccumulateGradientsState", "accumulate_gradients"]
