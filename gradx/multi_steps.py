@@ -214,7 +214,8 @@ class MultiSteps:
 
 class AccumulateGradientsState(NamedTuple):
     """``micro_step``: micro-batches seen in the current window (``0 ≤ micro_step < k``);
-    ``optimizer_step``: steps the inner optimizer has taken; ``skipped_micro_batches``:
+    ``optimizer_step``: accumulated gradients handed to ``inner`` (optimizer steps; an inner
+    ``skip_bad_steps`` may still refuse one); ``skipped_micro_batches``:
     non-finite micro-batches dropped so far; ``window_weight``: the weight accumulated in the
     current window; ``acc_grads``: the running weighted mean (or sum); ``inner_state``."""
 
