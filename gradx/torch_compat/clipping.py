@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 
 from gradx import checks
-from gradx.base import GradientTransformation, stateless
+from gradx.base import EmptyState, GradientTransformation
+from gradx.leafwise import leafwise
 from gradx.torch_compat._common import check
 
 
@@ -36,23 +37,18 @@ def clip_grad_norm(max_norm: float, norm_type: float = 2.0) -> GradientTransform
         raise ValueError(f"Invalid norm_type value: norm_type must be > 0 or inf, got "
                          f"norm_type={norm_type!r}.")
 
-    def clip(updates, params):
-        del params
-        coef = jnp.minimum(max_norm / (total_norm(updates, norm_type) + 1e-6), 1.0)
-        return jax.tree.map(lambda g: (g * coef).astype(jnp.result_type(g)), updates)
+    def step_scalars(_, updates):
+        return {"coef": jnp.minimum(max_norm / (total_norm(updates, norm_type) + 1e-6), 1.0)}
 
-    return stateless(clip)
+    return leafwise(lambda g, *, coef: g * coef, EmptyState, step_scalars=step_scalars,
+                    step_inputs=("updates",))
 
 
 def clip_grad_value(clip_value: float) -> GradientTransformation:
     """``clip_grad_value_``: clamps every gradient element to ``[-clip_value, clip_value]``."""
     check("Invalid clip_value value", checks.non_negative, "clip_value", clip_value)
 
-    def clip(updates, params):
-        del params
-        return jax.tree.map(lambda g: jnp.clip(g, -clip_value, clip_value), updates)
-
-    return stateless(clip)
+    return leafwise(lambda g: jnp.clip(g, -clip_value, clip_value), EmptyState)
 
 
 __all__ = ["total_norm", "clip_grad_norm", "clip_grad_value"]

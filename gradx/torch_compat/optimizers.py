@@ -29,8 +29,8 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from gradx import checks, tree_utils
-from gradx.base import NO_PARAMS_MSG, GradientTransformation, ScalarOrSchedule, safe_increment
+from gradx import checks
+from gradx.base import GradientTransformation, ScalarOrSchedule
 from gradx.leafwise import Moment, leafwise
 from gradx.torch_compat._common import at, check, one_minus_pow, pow_
 
@@ -136,36 +136,21 @@ def _lerp(a, b, w):
 
 
 def _transformation(rule: Callable, state_cls: type, moments: Sequence[Moment],
-                    step_scalars: Callable, needs_params: bool, carried_init: Optional[dict] = None
+                    step_scalars: Optional[Callable], needs_params: bool,
+                    carry: Optional[dict] = None, elementwise: bool = True
                     ) -> GradientTransformation:
-    """A ``leafwise`` transformation whose rule is written ``rule(g, p, *moments, **scalars)`` and
-    returns ``(update, *moments)``; ``p`` is ``None`` unless ``needs_params``.
-
-    ``step_scalars(count, state) -> (scalars, carried)`` computes the per-step scalars from the step
-    number (1 on the first update) and the state's scalar fields, and returns the new values of the
-    scalar fields that are carried from step to step (``carried_init`` gives their initial values).
-    """
-    carried_init = carried_init or {}
+    """``leafwise`` with torch's conventions: the rule is written ``rule(g, p, *moments,
+    **scalars)`` with ``p`` ``None`` unless ``needs_params``, the step count is the state's
+    ``step``, and the ``carry`` fields (one float32 scalar each for the whole tree, e.g. NAdam's
+    ``mu_product``) are carried from step to step by ``step_scalars`` (see ``leafwise``)."""
 
     def per_leaf(g, *rest, **scalars):
         p, buffers = (rest[0], rest[1:]) if needs_params else (None, rest)
-        out = rule(g, p, *buffers, **scalars)
-        return out if moments else out[0]
+        return rule(g, p, *buffers, **scalars)
 
-    def build(scalars):
-        return leafwise(per_leaf, state_cls, moments, lambda count: scalars, needs_params,
-                        count_field="step")
-
-    def init(params):
-        return build({}).init(params)._replace(
-            **{k: jnp.asarray(v, jnp.float32) for k, v in carried_init.items()})
-
-    def update(updates, state, params=None):
-        scalars, carried = step_scalars(safe_increment(state.step), state)
-        updates, state = build(scalars).update(updates, state, params)
-        return updates, state._replace(**carried)
-
-    return GradientTransformation(init, update)
+    carry = {name: jnp.asarray(value, jnp.float32) for name, value in (carry or {}).items()}
+    return leafwise(per_leaf, state_cls, moments, step_scalars, needs_params, elementwise,
+                    count_field="step", carry=carry)
 
 
 def _float(count):
@@ -211,8 +196,8 @@ def sgd(lr: ScalarOrSchedule = 1e-3, momentum: ScalarOrSchedule = 0.0, dampening
                          f"momentum={momentum!r}, dampening={dampening!r}.")
     has_buffer = callable(momentum) or momentum != 0
 
-    def step_scalars(count, state):
-        return dict(lr=at(lr, count), mu=at(momentum, count), first=count == 1), {}
+    def step_scalars(count):
+        return dict(lr=at(lr, count), mu=at(momentum, count), first=count == 1)
 
     def rule(g, p, *buffer, lr, mu, first):
         d = _grad(g, p, maximize, weight_decay)
@@ -230,10 +215,10 @@ def _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_deca
     b1, b2 = betas
     decay = 0.0 if decoupled_weight_decay else weight_decay
 
-    def step_scalars(count, state):
+    def step_scalars(count):
         t, b1_t = _float(count), at(b1, count)
         return dict(lr=at(lr, count), b1=b1_t, bc1=one_minus_pow(b1_t, t),
-                    sqrt_bc2=jnp.sqrt(one_minus_pow(b2, t))), {}
+                    sqrt_bc2=jnp.sqrt(one_minus_pow(b2, t)))
 
     def rule(g, p, m, v, *v_max, lr, b1, bc1, sqrt_bc2):
         d = _grad(g, p, maximize, decay)
@@ -286,9 +271,9 @@ def adamax(lr: ScalarOrSchedule = 2e-3, betas: tuple = (0.9, 0.999), eps: float 
     _check_common(lr, eps, weight_decay, betas)
     b1, b2 = betas
 
-    def step_scalars(count, state):
+    def step_scalars(count):
         b1_t = at(b1, count)
-        return dict(clr=at(lr, count) / one_minus_pow(b1_t, _float(count)), b1=b1_t), {}
+        return dict(clr=at(lr, count) / one_minus_pow(b1_t, _float(count)), b1=b1_t)
 
     def rule(g, p, m, u, *, clr, b1):
         d = _grad(g, p, maximize, weight_decay)
@@ -316,11 +301,11 @@ def nadam(lr: ScalarOrSchedule = 2e-3, betas: tuple = (0.9, 0.999), eps: float =
     decay = 0.0 if decoupled_weight_decay else weight_decay
     log_096 = math.log(0.96)
 
-    def step_scalars(count, state):
+    def step_scalars(count, mu_product):
         t, b1_t, lr_t = _float(count), at(b1, count), at(lr, count)
         mu = b1_t * (1 - 0.5 * jnp.exp(t * momentum_decay * log_096))
         mu_next = b1_t * (1 - 0.5 * jnp.exp((t + 1) * momentum_decay * log_096))
-        product = state.mu_product * mu
+        product = mu_product * mu
         return dict(lr=lr_t, b1=b1_t, bc2=one_minus_pow(b2, t),
                     c_grad=lr_t * (1 - mu) / (1 - product),
                     c_avg=lr_t * mu_next / (1 - product * mu_next)), {"mu_product": product}
@@ -370,7 +355,7 @@ def radam(lr: ScalarOrSchedule = 1e-3, betas: tuple = (0.9, 0.999), eps: float =
     b1, b2 = betas
     decay = 0.0 if decoupled_weight_decay else weight_decay
 
-    def step_scalars(count, state):
+    def step_scalars(count):
         t, b1_t = _float(count), at(b1, count)
         if b2 == 0:  # ρ∞ = 1: never rectified
             rho_t, rho_inf = jnp.ones_like(t), 1.0
@@ -380,7 +365,7 @@ def radam(lr: ScalarOrSchedule = 1e-3, betas: tuple = (0.9, 0.999), eps: float =
         safe = jnp.where(rectify, rho_t, 6.0)
         rect = jnp.sqrt((safe - 4) * (safe - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * safe))
         return dict(lr=at(lr, count), b1=b1_t, bc1=one_minus_pow(b1_t, t), rectify=rectify,
-                    rect=rect, sqrt_bc2=jnp.sqrt(one_minus_pow(b2, t))), {}
+                    rect=rect, sqrt_bc2=jnp.sqrt(one_minus_pow(b2, t)))
 
     def rule(g, p, m, v, *, lr, b1, bc1, rectify, rect, sqrt_bc2):
         d = _grad(g, p, maximize, decay)
@@ -413,8 +398,8 @@ def rmsprop(lr: ScalarOrSchedule = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
     check("Invalid alpha value", checks.non_negative, "alpha", alpha)
     has_buffer = callable(momentum) or momentum > 0
 
-    def step_scalars(count, state):
-        return dict(lr=at(lr, count), mu=at(momentum, count)), {}
+    def step_scalars(count):
+        return dict(lr=at(lr, count), mu=at(momentum, count))
 
     def rule(g, p, v, *rest, lr, mu):
         d = _grad(g, p, maximize, weight_decay)
@@ -454,8 +439,8 @@ def adagrad(lr: ScalarOrSchedule = 1e-2, lr_decay: float = 0.0, weight_decay: fl
     check("Invalid initial_accumulator_value value", checks.non_negative,
           "initial_accumulator_value", initial_accumulator_value)
 
-    def step_scalars(count, state):
-        return dict(clr=at(lr, count) / (1 + (_float(count) - 1) * lr_decay)), {}
+    def step_scalars(count):
+        return dict(clr=at(lr, count) / (1 + (_float(count) - 1) * lr_decay))
 
     def rule(g, p, s, *, clr):
         d = _grad(g, p, maximize, weight_decay)
@@ -477,8 +462,8 @@ def adadelta(lr: ScalarOrSchedule = 1.0, rho: float = 0.9, eps: float = 1e-6,
     _check_common(lr, eps, weight_decay)
     check("Invalid rho value", checks.in_range, "rho", rho, 0.0, 1.0, high_open=False)
 
-    def step_scalars(count, state):
-        return dict(lr=at(lr, count)), {}
+    def step_scalars(count):
+        return dict(lr=at(lr, count))
 
     def rule(g, p, v, a, *, lr):
         d = _grad(g, p, maximize, weight_decay)
@@ -508,9 +493,6 @@ def rprop(lr: ScalarOrSchedule = 1e-2, etas: tuple = (0.5, 1.2), step_sizes: tup
                          f"etas={tuple(etas)!r}.")
     min_step, max_step = step_sizes
 
-    def step_scalars(count, state):
-        return {}, {}
-
     def rule(g, p, prev, size):
         g = -g if maximize else g
         sign = jnp.sign(g * prev)
@@ -521,7 +503,7 @@ def rprop(lr: ScalarOrSchedule = 1e-2, etas: tuple = (0.5, 1.2), step_sizes: tup
 
     initial = lr(0) if callable(lr) else lr
     return _transformation(rule, RpropState, [Moment("prev"), Moment("step_size", initial)],
-                           step_scalars, False)
+                           None, False)
 
 
 def asgd(lr: ScalarOrSchedule = 1e-2, lambd: float = 1e-4, alpha: float = 0.75, t0: float = 1e6,
@@ -535,10 +517,10 @@ def asgd(lr: ScalarOrSchedule = 1e-2, lambd: float = 1e-4, alpha: float = 0.75, 
     """
     _check_common(lr, weight_decay=weight_decay)
 
-    def step_scalars(count, state):
+    def step_scalars(count, eta, mu):
         t, lr_t = _float(count), at(lr, count)
-        eta = lr_t / (1 + lambd * lr_t * t) ** alpha
-        return dict(eta=state.eta, mu=state.mu), {"eta": eta, "mu": 1 / jnp.maximum(1.0, t - t0)}
+        new_eta = lr_t / (1 + lambd * lr_t * t) ** alpha
+        return dict(eta=eta, mu=mu), {"eta": new_eta, "mu": 1 / jnp.maximum(1.0, t - t0)}
 
     def rule(g, p, ax, *, eta, mu):
         d = _grad(g, p, maximize, weight_decay)
@@ -560,27 +542,6 @@ def asgd_averaged_params(state: Any) -> Any:
         raise ValueError(f"expected exactly one asgd state (ASGDState) in the state, found "
                          f"{len(found)}.")
     return found[0].ax
-
-
-def _adafactor_leaf(g, p, row, col, var, *, lr, rho, beta_t, eps1, eps2, d, weight_decay,
-                    maximize):
-    """torch's Adafactor step for one parameter; returns ``(update, row, col, var)``."""
-    g = -g if maximize else g
-    alpha = jnp.maximum(eps2, jnp.sqrt(jnp.mean(p * p))) * rho
-    eps1 = jnp.finfo(p.dtype).eps if eps1 is None else eps1
-    if p.ndim > 1:
-        row = _lerp(row, jnp.mean(g * g, axis=-1, keepdims=True), beta_t)
-        col = _lerp(col, jnp.mean(g * g, axis=-2, keepdims=True), beta_t)
-        estimate = (row @ col) / jnp.maximum(jnp.mean(row, axis=-2, keepdims=True), eps1)
-    else:
-        var = _lerp(var, g * g, beta_t)
-        estimate = var
-    direction = g * jax.lax.rsqrt(jnp.maximum(estimate, eps1 * eps1))
-    denom = jnp.maximum(1.0, jnp.sqrt(jnp.mean(direction * direction)) / d)
-    u = -(alpha / denom) * direction
-    if weight_decay:
-        u = u - lr * weight_decay * p
-    return u, row, col, var
 
 
 def adafactor(lr: ScalarOrSchedule = 1e-2, beta2_decay: float = -0.8, eps: tuple = (None, 1e-3),
@@ -605,41 +566,44 @@ def adafactor(lr: ScalarOrSchedule = 1e-2, beta2_decay: float = -0.8, eps: tuple
     check("epsilon2 should be >= 0", checks.non_negative, "eps[1]", eps2)
     check("Clipping threshold d should be >= 1", checks.in_range, "d", d, 1.0, math.inf)
     check("weight_decay should be >= 0", checks.non_negative, "weight_decay", weight_decay)
-    empty = lambda p: jnp.zeros((0,), jnp.result_type(p))  # noqa: E731
+    def step_scalars(count):
+        t, lr_t = _float(count), at(lr, count)
+        return dict(lr=lr_t, rho=jnp.minimum(lr_t, jax.lax.rsqrt(t)), beta_t=pow_(t, beta2_decay))
 
-    def init(params):
-        def factor(p, axis):
+    def rule(g, p, row, col, var, *, lr, rho, beta_t):
+        g = -g if maximize else g
+        alpha = jnp.maximum(eps2, jnp.sqrt(jnp.mean(p * p))) * rho
+        e1 = jnp.finfo(p.dtype).eps if eps1 is None else eps1
+        if p.ndim > 1:
+            row = _lerp(row, jnp.mean(g * g, axis=-1, keepdims=True), beta_t)
+            col = _lerp(col, jnp.mean(g * g, axis=-2, keepdims=True), beta_t)
+            estimate = (row @ col) / jnp.maximum(jnp.mean(row, axis=-2, keepdims=True), e1)
+        else:
+            var = _lerp(var, g * g, beta_t)
+            estimate = var
+        direction = g * jax.lax.rsqrt(jnp.maximum(estimate, e1 * e1))
+        denom = jnp.maximum(1.0, jnp.sqrt(jnp.mean(direction * direction)) / d)
+        u = -(alpha / denom) * direction
+        if weight_decay:
+            u = u - lr * weight_decay * p
+        return u, row, col, var
+
+    def empty(p):
+        return jnp.zeros((0,), jnp.result_type(p))
+
+    def factor(axis):
+        def init(p):
             if jnp.ndim(p) < 2:
                 return empty(p)
             shape = list(jnp.shape(p))
             shape[axis] = 1
             return jnp.zeros(shape, jnp.result_type(p))
 
-        return AdafactorState(
-            step=jnp.zeros([], jnp.int32),
-            row_var=jax.tree.map(lambda p: factor(p, -1), params),
-            col_var=jax.tree.map(lambda p: factor(p, -2), params),
-            variance=jax.tree.map(lambda p: empty(p) if jnp.ndim(p) > 1 else jnp.zeros_like(p),
-                                  params))
+        return init
 
-    def update(updates, state, params=None):
-        if params is None:
-            raise ValueError(NO_PARAMS_MSG)
-        step = safe_increment(state.step)
-        t, lr_t = _float(step), at(lr, step)
-        scalars = dict(lr=lr_t, rho=jnp.minimum(lr_t, jax.lax.rsqrt(t)),
-                       beta_t=pow_(t, beta2_decay), eps1=eps1, eps2=eps2,
-                       d=d, weight_decay=weight_decay, maximize=maximize)
-        treedef, (gs, ps) = tree_utils.flatten_matching(updates, [params], ["params"])
-        rows, cols, variances = (treedef.flatten_up_to(x)
-                                 for x in (state.row_var, state.col_var, state.variance))
-        outs = [_adafactor_leaf(*leaves, **scalars) for leaves in zip(gs, ps, rows, cols, variances)]
-        new = [treedef.unflatten([jnp.asarray(o[i]).astype(jnp.result_type(ref[j]))
-                                  for j, o in enumerate(outs)])
-               for i, ref in enumerate((gs, rows, cols, variances))]
-        return new[0], AdafactorState(step, *new[1:])
-
-    return GradientTransformation(init, update)
+    moments = [Moment("row_var", factor(-1)), Moment("col_var", factor(-2)),
+               Moment("variance", lambda p: empty(p) if jnp.ndim(p) > 1 else jnp.zeros_like(p))]
+    return _transformation(rule, AdafactorState, moments, step_scalars, True, elementwise=False)
 
 
 __all__ = [
