@@ -8,8 +8,7 @@ import optax
 import pytest
 
 import gradx
-from support import assert_trees_close, compare, make_grads, make_params, run
-from test_rms_family import compare_bf16
+from support import assert_trees_close, compare, compare_bf16, make_grads, make_params, run
 
 
 def big_params():

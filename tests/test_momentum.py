@@ -7,8 +7,8 @@ import optax
 import pytest
 
 import gradx
-from support import assert_trees_close, compare, make_grads, make_params, run
-from test_rms_family import compare_bf16, compare_complex
+from support import (assert_trees_close, compare, compare_bf16, compare_complex, make_grads,
+                     make_params, run)
 
 
 def assert_state_class(ours, theirs, name):
