@@ -43,14 +43,14 @@ def leaf_nbytes(leaf: Any) -> int:
     """Bytes of one array-like leaf (``jax.Array``, tracer, ``np.ndarray``,
     ``ShapeDtypeStruct``, Python scalar as JAX stores it); a typed PRNG key counts its
     underlying key data."""
-    dtype = _dtype(leaf)
+    dtype = leaf_dtype(leaf)
     if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(np.shape(leaf), dtype))
         return int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
     return int(np.prod(np.shape(leaf))) * np.dtype(dtype).itemsize
 
 
-def _dtype(leaf: Any):
+def leaf_dtype(leaf: Any):
     """A leaf's dtype; a Python scalar gets the dtype JAX would store it in."""
     dtype = getattr(leaf, "dtype", None)
     return jax.dtypes.canonicalize_dtype(np.result_type(leaf)) if dtype is None else dtype
@@ -183,7 +183,7 @@ def memory_report(tx: GradientTransformation, params: Any, *,
             groups[group] = groups.get(group, 0) + size
 
     rows = tuple(ParamMemory(path=leaf_path(p), shape=tuple(np.shape(x)),
-                             dtype=str(_dtype(x)),
+                             dtype=str(leaf_dtype(x)),
                              param_bytes=leaf_nbytes(x), state_bytes=state_bytes[i],
                              group=group_of[i])
                  for i, (p, x) in enumerate(param_leaves))
@@ -225,4 +225,4 @@ def _format_table(header: tuple, rows: list) -> str:
     return "\n".join([line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
 
 
-__all__ = ["MemoryReport", "ParamMemory", "memory_report", "leaf_nbytes"]
+__all__ = ["MemoryReport", "ParamMemory", "memory_report", "leaf_nbytes", "leaf_dtype"]

@@ -1,0 +1,229 @@
+"""Checkpoints of params and optimizer state together, written with Orbax.
+
+``save(path, params, opt_state, step=...)`` and ``restore(path, params_like, opt_state_like)``
+round-trip every leaf exactly (values, shapes, dtypes, typed PRNG keys), whatever the state:
+mid-schedule counts, a half-filled ``MultiSteps`` accumulator, ``partition``/``freeze`` states
+with masked-out leaves. ``restore`` checks the checkpoint against the trees it is given and
+raises a ``ValueError`` naming the first leaf path that differs (a different optimizer, other
+groups, another ``mu_dtype``), and refuses a checkpoint whose gradx state-format version
+(``STATE_FORMAT_VERSION``) is not this one's.
+
+Orbax is not a dependency of gradx: install ``orbax-checkpoint`` to use this module. It is
+imported lazily, inside the functions that need it, so ``import gradx`` never imports it.
+
+Layout and atomicity. ``path`` is a directory holding ``checkpoint.json`` (the metadata: format
+version, step, every leaf's path, shape, dtype and state classes, and the name of the data
+directory) and that data directory, an Orbax checkpoint named ``data-<random hex>``. A save
+writes a new data directory (Orbax itself writes it to a temporary name and renames it when
+complete), then replaces ``checkpoint.json`` with ``os.replace``, an atomic rename, and only
+then deletes the older data directories. A save interrupted at any point (crash, preemption,
+``KeyboardInterrupt``) therefore leaves the previous checkpoint readable and intact; the
+leftovers of the interrupted save are removed by the next save. Saving again to the same path
+replaces the checkpoint; use one path per step to keep several. Written for a single host
+(the metadata is written by process 0 only; multi-host saving is untested).
+
+Usage with a Linen ``TrainState``::
+
+    checkpoint.save(path, state.params, state.opt_state, step=int(state.step))
+    params, opt_state, step = checkpoint.restore(path, state.params, state.opt_state)
+    state = state.replace(params=params, opt_state=opt_state, step=step)
+
+and with ``flax.nnx`` (``optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)``)::
+
+    checkpoint.save(path, nnx.state(model, nnx.Param), nnx.state(optimizer),
+                    step=int(optimizer.step[...]))
+    params, optimizer_state, step = checkpoint.restore(path, nnx.state(model, nnx.Param),
+                                                       nnx.state(optimizer))
+    nnx.update(model, params); nnx.update(optimizer, optimizer_state)
+
+(``nnx.state(optimizer)`` holds the optimizer's step and its ``opt_state``.)
+
+The ``*_like`` trees may hold ``jax.ShapeDtypeStruct`` leaves (e.g. from ``jax.eval_shape``);
+restored arrays get the like leaves' shardings when they have one. Not in Optax.
+"""
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Union
+
+import jax
+import numpy as np
+
+from gradx.memory import leaf_dtype
+from gradx.tree_utils import path_str
+
+STATE_FORMAT_VERSION = 1
+METADATA_FILE = "checkpoint.json"
+_DATA_PREFIX = "data-"
+_TMP_PREFIX = ".tmp-"
+
+
+class Restored(NamedTuple):
+    """What :func:`restore` returns: the params, the optimizer state and the saved step."""
+
+    params: Any
+    opt_state: Any
+    step: Optional[int]
+
+
+def _orbax():
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError as error:
+        raise ImportError("gradx.checkpoint needs Orbax: pip install orbax-checkpoint") from error
+    return ocp
+
+
+def _is_namedtuple(node: Any) -> bool:
+    return isinstance(node, tuple) and hasattr(node, "_fields")
+
+
+def leaf_records(tree: Any) -> list[dict]:
+    """Every leaf's ``path``, ``shape``, ``dtype`` and ``states`` (the NamedTuple state classes
+    on the way from the root, e.g. ``["ScaleByAdamState"]``), in flattening order."""
+    records = []
+
+    def walk(node, keys, states):
+        children = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)[0]
+        if len(children) == 1 and children[0][0] == ():
+            records.append({"path": path_str(keys), "shape": list(np.shape(node)),
+                            "dtype": str(leaf_dtype(node)),
+                            "states": list(states)})
+            return
+        inner = states + ((type(node).__name__,) if _is_namedtuple(node) else ())
+        for key_path, child in children:
+            walk(child, keys + tuple(key_path), inner)
+
+    walk(tree, (), ())
+    return records
+
+
+def _first_mismatch(saved: list[dict], like: list[dict], name: str) -> Optional[str]:
+    """A sentence naming the first leaf where ``like`` differs from the checkpoint, or None."""
+    for ours, theirs in zip(saved, like):
+        if ours == theirs:
+            continue
+        describe = lambda r: (f"shape {tuple(r['shape'])}, {r['dtype']}"  # noqa: E731
+                              + (f", in {'/'.join(r['states'])}" if r["states"] else ""))
+        if ours["path"] != theirs["path"]:
+            return (f"{name} has '{theirs['path']}' ({describe(theirs)}) where the checkpoint "
+                    f"has '{ours['path']}' ({describe(ours)})")
+        return (f"at '{ours['path']}': the checkpoint has {describe(ours)}, {name} has "
+                f"{describe(theirs)}")
+    if len(saved) > len(like):
+        return f"'{saved[len(like)]['path']}' is in the checkpoint but not in {name}"
+    if len(like) > len(saved):
+        return f"'{like[len(saved)]['path']}' is in {name} but not in the checkpoint"
+    return None
+
+
+def read_metadata(path: Union[str, os.PathLike]) -> dict:
+    """The metadata of the checkpoint in ``path`` (``state_format_version``, ``step``,
+    ``gradx_version``, ``data``, and the ``params`` and ``opt_state`` leaf records)."""
+    file = Path(path) / METADATA_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"No gradx checkpoint in {str(path)!r}: {METADATA_FILE} is missing.")
+    return json.loads(file.read_text())
+
+
+def _write_atomically(file: Path, text: str) -> None:
+    """Writes ``text`` to a temporary file, flushes it to disk, then renames it onto ``file``."""
+    tmp = file.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{file.name}")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, file)
+    directory = os.open(file.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _remove_stale(directory: Path, keep: str) -> None:
+    """Removes the data directories and temporary files that ``checkpoint.json`` does not name."""
+    for entry in directory.iterdir():
+        if entry.name != keep and entry.name.startswith((_DATA_PREFIX, _TMP_PREFIX)):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _as_saveable(tree: Any) -> list:
+    """The leaves as arrays Orbax can write (Python and NumPy scalars become JAX arrays)."""
+    return [leaf if isinstance(leaf, (jax.Array, np.ndarray)) else jax.numpy.asarray(leaf)
+            for leaf in jax.tree.leaves(tree)]
+
+
+def save(path: Union[str, os.PathLike], params: Any, opt_state: Any, *,
+         step: Optional[int] = None) -> Path:
+    """Saves ``params`` and ``opt_state`` (any pytrees) to the directory ``path``, atomically.
+
+    ``step`` (an int, optional) is stored in the metadata and returned by :func:`restore`.
+    The previous checkpoint in ``path``, if any, stays readable until the new one is complete,
+    and is then replaced. Returns ``Path(path)``. See the module docstring for the layout.
+    """
+    ocp = _orbax()
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = f"{_DATA_PREFIX}{uuid.uuid4().hex}"
+    arrays = {"params": _as_saveable(params), "opt_state": _as_saveable(opt_state)}
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        checkpointer.save(directory / data, args=ocp.args.StandardSave(arrays))
+    if jax.process_index() == 0:
+        from gradx import __version__
+        metadata = {"format": "gradx-checkpoint", "state_format_version": STATE_FORMAT_VERSION,
+                    "gradx_version": __version__, "step": None if step is None else int(step),
+                    "data": data, "params": leaf_records(params),
+                    "opt_state": leaf_records(opt_state)}
+        _write_atomically(directory / METADATA_FILE, json.dumps(metadata, indent=1))
+        _remove_stale(directory, keep=data)
+    return directory
+
+
+def _abstract(leaf: Any) -> jax.ShapeDtypeStruct:
+    """The Orbax restore target of one like-leaf, with its sharding when it has one."""
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.ShapeDtypeStruct(np.shape(leaf), leaf_dtype(leaf), sharding=sharding)
+
+
+def restore(path: Union[str, os.PathLike], params_like: Any, opt_state_like: Any) -> Restored:
+    """Restores the params and optimizer state saved in ``path``; returns
+    ``Restored(params, opt_state, step)``.
+
+    ``params_like`` and ``opt_state_like`` give the structure (and shardings) to restore into:
+    the current params and ``tx.init(params)`` (or their ``jax.eval_shape``). Raises
+    ``ValueError`` when the checkpoint's state-format version is not ``STATE_FORMAT_VERSION``,
+    or when a tree differs from the saved one (leaf paths, shapes, dtypes or state classes),
+    naming the first leaf that differs; ``FileNotFoundError`` when ``path`` holds no checkpoint.
+    """
+    metadata = read_metadata(path)
+    version = metadata.get("state_format_version")
+    if version != STATE_FORMAT_VERSION:
+        raise ValueError(f"The checkpoint in {str(path)!r} has gradx state format version "
+                         f"{version!r}; this gradx reads version {STATE_FORMAT_VERSION}.")
+    for name, like in (("params", params_like), ("opt_state", opt_state_like)):
+        mismatch = _first_mismatch(metadata[name], leaf_records(like), f"{name}_like")
+        if mismatch:
+            raise ValueError(f"The checkpoint in {str(path)!r} does not match {name}_like: "
+                             f"{mismatch}.")
+    ocp = _orbax()
+    target = {name: [_abstract(leaf) for leaf in jax.tree.leaves(like)]
+              for name, like in (("params", params_like), ("opt_state", opt_state_like))}
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        arrays = checkpointer.restore(Path(path) / metadata["data"],
+                                      args=ocp.args.StandardRestore(target))
+    return Restored(params=jax.tree.unflatten(jax.tree.structure(params_like), arrays["params"]),
+                    opt_state=jax.tree.unflatten(jax.tree.structure(opt_state_like),
+                                                 arrays["opt_state"]),
+                    step=metadata["step"])
+
+
+__all__ = ["STATE_FORMAT_VERSION", "Restored", "save", "restore", "read_metadata", "leaf_records"]
