@@ -42,8 +42,8 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformatio
     def rule(g, *, norm):
         return jnp.where(norm < max_norm, g, g / norm.astype(g.dtype) * max_norm)
 
-    return leafwise(rule, EmptyState, step_scalars=lambda _, updates: {"norm": global_norm(updates)},
-                    step_inputs=("updates",))
+    return leafwise(rule, EmptyState, step_inputs=("updates",),
+                    step_scalars=lambda _, updates: {"norm": global_norm(updates)})
 
 
 def _unit_axes(x: jax.Array) -> Axis:

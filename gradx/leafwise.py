@@ -35,9 +35,10 @@ Each case in two lines:
     leafwise(rule, NAdamState, moments, carry={"mu_product": 1.0},
              step_scalars=lambda count, mu_product: (scalars, {"mu_product": mu_product * mu}))
 
-- one value per leaf for one step (a PRNG key per leaf)::
+- one value per leaf for one step (``PerLeaf``, in flattening order; add_noise's key per leaf)::
 
-    step_scalars=lambda count, updates, rng_key: {"key": PerLeaf(split(rng_key, n_leaves))}
+    keys = jax.random.split(sample_key, len(jax.tree.leaves(updates)))    # in step_scalars
+    return {"std": std, "key": PerLeaf(keys)}, {"rng_key": rng_key}      # the rule gets one key
 
 A rule marked ``elementwise=True`` uses no reduction over its leaf (and no ``PerLeaf`` value),
 so the same function can also run over a flat buffer holding many leaves at once.

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import gradx
+
 RTOL = 2e-5   # the loosest relative tolerance allowed against optax (issue 2)
 ATOL = 1e-7
 
@@ -86,7 +88,7 @@ def complex_grads(params, step):
 
 
 def compare_complex(ours, theirs):
-    """Equal updates, params and state over 4 jitted steps on complex params; updates stay complex."""
+    """Equal updates, params and state over 4 jitted steps on complex params; complex updates."""
     params = complex_params()
     a, a_params, a_state = run(ours, params, n_steps=4, grads_fn=complex_grads)
     b, b_params, b_state = run(theirs, params, n_steps=4, grads_fn=complex_grads)
@@ -104,3 +106,12 @@ def compare_bf16(ours, theirs):
     assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(a[-1]))
     assert all(x.dtype == y.dtype for x, y in zip(jax.tree.leaves(a_state), jax.tree.leaves(b_state)))
     assert_trees_close(a, b, what="bf16 updates")
+
+
+def assert_same_state_class(ours, theirs, name):
+    """Both inits give a state class called ``name`` with the same fields, exported by gradx."""
+    params = make_params()
+    a, b = ours.init(params), theirs.init(params)
+    assert type(a).__name__ == type(b).__name__ == name
+    assert a._fields == b._fields
+    assert getattr(gradx, name)._fields == a._fields

@@ -7,15 +7,7 @@ import optax
 import pytest
 
 import gradx
-from support import compare, compare_bf16, compare_complex, make_params
-
-
-def assert_same_state_class(ours, theirs, name):
-    params = make_params()
-    a, b = ours.init(params), theirs.init(params)
-    assert type(a).__name__ == type(b).__name__ == name
-    assert a._fields == b._fields
-    assert getattr(gradx, name)._fields == a._fields
+from support import assert_same_state_class, compare, compare_bf16, compare_complex
 
 
 RMS_CONFIGS = [
