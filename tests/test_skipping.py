@@ -2,13 +2,15 @@
 around gradient accumulation), counts itself, and the good steps equal the oracle run on the
 good gradients only."""
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from gradx.hyperparams import read_state, with_telemetry
+from gradx.hyperparams import read_state, register_readable_state, with_telemetry
 from gradx.multi_steps import MultiSteps, accumulate_gradients
 from gradx.skipping import SkipBadStepsState, skip_bad_steps
 from support import assert_trees_close, make_grads, make_params
@@ -38,7 +40,7 @@ def test_skipped_steps_leave_the_state_bit_identical():
     params = make_params()
     tx = skip_bad_steps(inner(), max_grad_norm=MAX_NORM)
     state, update = tx.init(params), jax.jit(tx.update)
-    oracle, oracle_state = inner(), inner().init(params)
+    oracle_update, oracle_state = jax.jit(inner().update), inner().init(params)
     for step in range(5):
         g = bad_grads(params, step)
         before = state
@@ -50,15 +52,17 @@ def test_skipped_steps_leave_the_state_bit_identical():
                 np.testing.assert_array_equal(u, np.zeros_like(u))
             assert bool(state.last_skipped)
         else:  # the good steps are the oracle's steps on the good gradients
-            expected, oracle_state = oracle.update(g, oracle_state, params)
+            expected, oracle_state = oracle_update(g, oracle_state, params)
             assert_trees_close(updates, expected, what=f"step {step}")
             assert not bool(state.last_skipped)
     assert_trees_close(state.inner_state, oracle_state)
     assert int(state.inner_state[0].count) == 3  # count advanced on the 3 good steps only
-    values = jax.jit(read_state)(with_telemetry(tx).update(  # readable beside telemetry
-        bad_grads(params, 3), with_telemetry(tx).init(params), params)[1])
+    assert int(jax.jit(read_state)(state)["skipped_steps"]) == 2
+    observed = with_telemetry(tx)  # readable beside telemetry
+    _, observed_state = jax.jit(observed.update)(
+        bad_grads(params, 3), observed.init(params), params)
+    values = read_state(observed_state)
     assert int(values["skipped_steps"]) == 1 and "grad_norm" in values
-    assert int(read_state(state)["skipped_steps"]) == 2
 
 
 def test_each_test_alone():
@@ -113,7 +117,7 @@ def test_skipping_around_accumulation_drops_micro_batches(accumulate):
         else:
             good.append(g)
     mean = jax.tree.map(lambda *gs: sum(gs) / 3, *good)
-    expected, _ = inner().update(mean, inner().init(params), params)
+    expected, _ = jax.jit(inner().update)(mean, inner().init(params), params)
     assert_trees_close(updates, expected, what="window completed after two bad micro-batches")
     assert int(read_state(state)["skipped_steps"]) == 2
 
@@ -124,3 +128,11 @@ def test_validation():
     with pytest.raises(ValueError, match=r"skip_bad_steps checks nothing: pass max_grad_norm or "
                                          r"skip_nonfinite=True\."):
         skip_bad_steps(optax.sgd(1.0), skip_nonfinite=False)
+
+
+def test_readable_states_need_an_inner_state():
+    class Counter(NamedTuple):
+        count: jax.Array
+
+    with pytest.raises(ValueError, match=r"Counter has no inner_state field\."):
+        register_readable_state(Counter, ("count",))
