@@ -35,6 +35,8 @@ from gradx.wrappers import *  # noqa: F401,F403
 from gradx.monitoring import *  # noqa: F401,F403
 from gradx.groups import *  # noqa: F401,F403
 from gradx.plateau import *  # noqa: F401,F403
+from gradx.skipping import *  # noqa: F401,F403
+from gradx.mixed_precision import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
