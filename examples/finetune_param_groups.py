@@ -77,7 +77,7 @@ def train(model, tx, data, steps, desc, batch=64, seed=0):
 
 
 def with_new_head(pretrained):
-    model = nnx.clone(pretrained)                       # new Variables: training it leaves pretrained as is
+    model = nnx.clone(pretrained)  # new Variables: training the copy leaves `pretrained` as is
     model.head = nnx.Linear(WIDTH, 5, rngs=nnx.Rngs(1))  # freshly initialised for the new task
     return model
 
@@ -105,7 +105,8 @@ def main(smoke: bool = False):
     factors = jax.tree_util.tree_flatten_with_path(layer_lr_scales(params, LAYER_DECAY))[0]
     scales = {leaf_path(p): float(np.ravel(f)[0]) * (HEAD_MULTIPLIER if label == "head" else 1.0)
               for (p, f), label in zip(factors, jax.tree.leaves(groups(params)))}
-    print(f"\nLearning-rate factor per parameter (layer decay {LAYER_DECAY}, head x{HEAD_MULTIPLIER:g}):")
+    print(f"\nLearning-rate factor per parameter (layer decay {LAYER_DECAY}, "
+          f"head x{HEAD_MULTIPLIER:g}):")
     for path, factor in scales.items():
         print(f"  {path:<24} {factor:.4f}")
 
@@ -115,8 +116,10 @@ def main(smoke: bool = False):
             {"head": gradx.adamw(lr * HEAD_MULTIPLIER), "body": gradx.set_to_zero()}, groups),
         "one learning rate": gradx.recipes.transformer_finetuning(
             finetune_steps, lr, head_lr_multiplier=1.0),
-        f"head x{HEAD_MULTIPLIER:g} + layer decay {LAYER_DECAY}": gradx.recipes.transformer_finetuning(
-            finetune_steps, lr, head_lr_multiplier=HEAD_MULTIPLIER, layer_decay=LAYER_DECAY),
+        f"head x{HEAD_MULTIPLIER:g} + layer decay {LAYER_DECAY}":
+            gradx.recipes.transformer_finetuning(finetune_steps, lr,
+                                                 head_lr_multiplier=HEAD_MULTIPLIER,
+                                                 layer_decay=LAYER_DECAY),
     }
     curves = {}
     print(f"\nFine-tuning on digits 5-9 for {finetune_steps} steps:")

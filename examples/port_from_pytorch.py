@@ -70,8 +70,9 @@ def init_weights(seed=0):
         return [(layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy())
                 for layer in layers]
     rng = np.random.default_rng(seed)
-    return [(rng.uniform(-b, b, (o, i)).astype(np.float32), rng.uniform(-b, b, o).astype(np.float32))
-            for i, o, b in [(64, 128, 64 ** -0.5), (128, 10, 128 ** -0.5)]]
+    uniform = lambda b, shape: rng.uniform(-b, b, shape).astype(np.float32)  # noqa: E731
+    return [(uniform(n_in ** -0.5, (n_out, n_in)), uniform(n_in ** -0.5, n_out))
+            for n_in, n_out in [(64, 128), (128, 10)]]
 
 
 def loss_fn(params, x, y):

@@ -15,15 +15,15 @@ Each docstring gives the source of its numbers (paper or codebase). The defaults
 numbers; every one of them is an argument. The recipes are starting points, not tuned values
 for your model.
 
-| recipe | optimizer | schedule | other |
-|---|---|---|---|
-| ``transformer_pretraining`` | AdamW (0.9, 0.95), wd 0.1 on matrices | warmup, cosine to 10% | clip 1.0 |
-| ``transformer_finetuning`` | AdamW 2e-5, wd 0.01 off biases/norms | 6% warmup, linear to 0 | clip 1.0, head lr ×10, layer decay |
-| ``vision_sgd`` | SGD Nesterov 0.9, L2 5e-4 | cosine or step (×0.2) | |
-| ``memory_lean_adafactor`` | Adafactor, no momentum | ``min(1e-2, 1/√t)`` | |
-| ``memory_lean_lion`` | Lion, lr ÷10, wd ×10 of AdamW's | warmup, cosine to 10% | clip 1.0 |
-| ``rl_adam`` | Adam eps 1e-5 | constant or linear to 0 | clip 0.5 |
-| ``rl_rmsprop`` | centered RMSprop 0.95, eps 0.01 | constant | |
+* ``transformer_pretraining``: AdamW (0.9, 0.95), weight decay 0.1 on matrices, warmup then
+  cosine to 10%, clipping at 1.0 (GPT-3, LLaMA).
+* ``transformer_finetuning``: AdamW 2e-5, weight decay 0.01 off biases and norms, 6% warmup then
+  linear to 0, clipping at 1.0, head at 10x, optional layer-wise decay (BERT, RoBERTa, ELECTRA).
+* ``vision_sgd``: SGD with Nesterov momentum 0.9, L2 5e-4, cosine or step (x0.2) schedule (WRN).
+* ``memory_lean_adafactor``: Adafactor without momentum, relative step ``min(1e-2, 1/√t)``.
+* ``memory_lean_lion``: Lion at AdamW's rate ÷10 and weight decay x10, warmup then cosine.
+* ``rl_adam``: Adam with eps 1e-5, clipping at 0.5, constant or linear to 0 (PPO).
+* ``rl_rmsprop``: centered RMSprop, decay 0.95, eps 0.01 (DQN).
 """
 
 import re
@@ -60,10 +60,10 @@ def _clipped(clip_norm: Optional[float], tx: Tx) -> Tx:
     return chain(clip_by_global_norm(clip_norm), tx)
 
 
-def _warmup_cosine(peak: float, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> Schedule:
+def _warmup_cosine(peak: float, total_steps: int, warmup_steps: int,
+                   min_lr_ratio: float) -> Schedule:
     """Linear warmup from 0 to ``peak``, then cosine decay to ``min_lr_ratio·peak`` at
     ``total_steps`` (warmup included)."""
-    checks.positive("peak_learning_rate", peak)
     checks.in_range("min_lr_ratio", min_lr_ratio, 0.0, 1.0, high_open=False)
     checks.non_negative("warmup_steps", warmup_steps)
     return warmup_cosine_decay_schedule(0.0, peak, warmup_steps, total_steps,
@@ -89,10 +89,11 @@ def transformer_pretraining(total_steps: int, peak_learning_rate: float = 3e-4,
 
     Sources: Brown et al., "Language Models are Few-Shot Learners" (GPT-3), 2020, Appendix B:
     Adam β = (0.9, 0.95), ε = 1e-8, global-norm clipping at 1.0, cosine decay to 10% of the peak
-    after a linear warmup, weight decay 0.1. Touvron et al., "LLaMA", 2023, §2.2: the same with
-    2000 warmup steps and a peak of 3e-4 (7B, 13B; ε = 1e-5 there). Matrices-only decay as in
-    nanoGPT's ``configure_optimizers`` (Karpathy).
+    after a linear warmup, weight decay 0.1. Touvron et al., "LLaMA", 2023 (Optimizer section
+    and Table 2): the same with 2000 warmup steps and a peak of 3e-4 (7B, 13B); Llama 2 uses
+    ε = 1e-5. Matrices-only decay as in nanoGPT's ``configure_optimizers`` (Karpathy).
     """
+    checks.positive("peak_learning_rate", peak_learning_rate)
     schedule = _warmup_cosine(peak_learning_rate, total_steps, warmup_steps, min_lr_ratio)
     optimizer = inject_hyperparams(adamw, static_args="mask")(
         schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
@@ -138,8 +139,8 @@ def transformer_finetuning(total_steps: int, learning_rate: float = 2e-5, *,
     ``eps=1e-6``, ``weight_decay=0.01``, ``clip_norm=1.0``, ``head_lr_multiplier=10``,
     ``layer_decay=None`` (off; 0.8 for base-size and 0.9 for large models is usual).
 
-    Sources: Devlin et al., "BERT", 2019, Appendix A.3 (Adam, lr in {5e-5, 3e-5, 2e-5},
-    β = (0.9, 0.999), weight decay 0.01, linear decay) and google-research/bert
+    Sources: Devlin et al., "BERT", 2019, Appendices A.2-A.3 (Adam, β = (0.9, 0.999), weight
+    decay 0.01, linear decay; fine-tuning lr in {5e-5, 3e-5, 2e-5}) and google-research/bert
     ``optimization.py`` (ε = 1e-6, clipping at 1.0, no decay on ``LayerNorm`` and ``bias``);
     Liu et al., "RoBERTa", 2019, Table 10 (warmup ratio 0.06, linear decay); Hugging Face
     ``get_linear_schedule_with_warmup`` and ``Trainer`` (``max_grad_norm=1.0``); Clark et al.,
@@ -182,19 +183,20 @@ def vision_sgd(total_steps: int, learning_rate: float = 0.1, *, momentum: float 
     ``inject_hyperparams(chain(add_decayed_weights(weight_decay, mask), sgd(schedule, momentum,
     nesterov)))``: the decay is coupled (added to the gradient before the momentum, as
     ``torch.optim.SGD(weight_decay=...)``), on every leaf unless ``mask`` says otherwise.
-    ``schedule='cosine'``: ``cosine_decay_schedule(lr, total_steps)`` to 0 (SGDR without
-    restarts); ``schedule='step'``: the rate is multiplied by ``gamma`` at each fraction of
-    ``total_steps`` in ``milestones``. ``warmup_steps > 0`` puts a linear warmup from 0 in front
-    (``gradx.warmup``; the decay then starts after it), for large batches.
+    With ``D = total_steps - warmup_steps``: ``schedule='cosine'`` is
+    ``cosine_decay_schedule(lr, D)`` to 0 (SGDR without restarts); ``schedule='step'``
+    multiplies the rate by ``gamma`` at each fraction of ``D`` in ``milestones``.
+    ``warmup_steps > 0`` puts a linear warmup from 0 in front (``gradx.warmup``; the decay
+    starts when it ends), for large batches.
 
     Defaults: ``learning_rate=0.1``, ``momentum=0.9``, ``nesterov=True``, ``weight_decay=5e-4``,
     ``schedule='cosine'``, ``milestones=(0.3, 0.6, 0.8)``, ``gamma=0.2``, ``warmup_steps=0``.
 
-    Sources: Zagoruyko & Komodakis, "Wide Residual Networks", 2016, §4 (SGD with Nesterov
-    momentum 0.9, weight decay 5e-4, lr 0.1 multiplied by 0.2 at epochs 60, 120 and 160 of 200:
-    the step milestones here); He et al., "Deep Residual Learning", 2016 (lr 0.1, momentum 0.9);
-    Loshchilov & Hutter, "SGDR", 2017 (cosine annealing); Goyal et al., "Accurate, Large
-    Minibatch SGD", 2017 (warmup).
+    Sources: Zagoruyko & Komodakis, "Wide Residual Networks", 2016, experimental setup (SGD
+    with Nesterov momentum 0.9, weight decay 5e-4, lr 0.1 multiplied by 0.2 at epochs 60, 120
+    and 160 of 200: the step milestones here); He et al., "Deep Residual Learning", 2016
+    (lr 0.1, momentum 0.9); Loshchilov & Hutter, "SGDR", 2017 (cosine annealing); Goyal et al.,
+    "Accurate, Large Minibatch SGD", 2017 (warmup).
     """
     checks.positive("learning_rate", learning_rate)
     checks.one_of("schedule", schedule, ("cosine", "step"))
@@ -233,7 +235,8 @@ def memory_lean_adafactor(learning_rate: Optional[Union[float, Schedule]] = None
     ``multiply_by_parameter_scale=True``, ``min_dim_size_to_factor=128``, no weight decay.
 
     Sources: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
-    ICML 2018, Algorithm 4 and §9 (β₁ = 0, d = 1, β̂₂ = 1 - t^-0.8, ρ_t = min(1e-2, 1/√t));
+    ICML 2018, Algorithm 4 and its recommended settings (β₁ = 0, d = 1, β̂₂ = 1 - t^-0.8,
+    ρ_t = min(1e-2, 1/√t));
     Raffel et al., "Exploring the Limits of Transfer Learning" (T5), 2020, §3.1.2
     (``1/√max(n, k)`` with ``k = 10⁴``; 1e-3 constant for fine-tuning).
     """
@@ -264,11 +267,12 @@ def memory_lean_lion(total_steps: int, adamw_learning_rate: float = 3e-4, warmup
     ``lr_ratio=10`` (so Lion runs at 3e-5 with weight decay 1.0), ``b1=0.9``, ``b2=0.99``,
     ``min_lr_ratio=0.1``, ``clip_norm=1.0``.
 
-    Source: Chen et al., "Symbolic Discovery of Optimization Algorithms" (Lion), 2023, §5
-    ("the default learning rate for Lion is typically 3-10x smaller than that for AdamW ...
+    Source: Chen et al., "Symbolic Discovery of Optimization Algorithms" (Lion), 2023 ("the
+    default learning rate for Lion is typically 3-10x smaller than that for AdamW ...
     the value of λ for Lion is 3-10x larger", β = (0.9, 0.99)); 10 is the cautious end of that
     range.
     """
+    checks.positive("adamw_learning_rate", adamw_learning_rate)
     checks.in_range("lr_ratio", lr_ratio, 1.0, float("inf"))
     schedule = _warmup_cosine(adamw_learning_rate / lr_ratio, total_steps, warmup_steps,
                               min_lr_ratio)
@@ -296,7 +300,8 @@ def rl_adam(learning_rate: float = 3e-4, *, eps: float = 1e-5, clip_norm: Option
     baselines' ε = 1e-5 and ``max_grad_norm=0.5``).
     """
     checks.positive("learning_rate", learning_rate)
-    lr = learning_rate if anneal_steps is None else linear_schedule(learning_rate, 0.0, anneal_steps)
+    lr = (learning_rate if anneal_steps is None
+          else linear_schedule(learning_rate, 0.0, anneal_steps))
     return _clipped(clip_norm, inject_hyperparams(adam)(lr, eps=eps))
 
 
