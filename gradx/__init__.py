@@ -40,4 +40,4 @@ from gradx.mixed_precision import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
-from gradx import contrib, torch_compat  # noqa: E402  (built on the above)
+from gradx import contrib, recipes, torch_compat  # noqa: E402  (built on the above)
