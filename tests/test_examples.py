@@ -19,6 +19,7 @@ PLOTS = {
     "port_from_pytorch": ["port_from_pytorch.png"],
     "finetune_param_groups": ["finetune_param_groups.png"],
     "schedules": ["schedules.png"],
+    "accumulation_mixed_precision": ["accumulation_mixed_precision.png"],
 }
 SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
 
