@@ -125,7 +125,8 @@ def read_metadata(path: Union[str, os.PathLike]) -> dict:
     ``gradx_version``, ``data``, and the ``params`` and ``opt_state`` leaf records)."""
     file = Path(path) / METADATA_FILE
     if not file.is_file():
-        raise FileNotFoundError(f"No gradx checkpoint in {str(path)!r}: {METADATA_FILE} is missing.")
+        raise FileNotFoundError(f"No gradx checkpoint in {str(path)!r}: {METADATA_FILE} is "
+                                f"missing.")
     return json.loads(file.read_text())
 
 

@@ -148,9 +148,9 @@ def memory_report(tx: GradientTransformation, params: Any, *,
 
     ``params``: arrays or ``jax.ShapeDtypeStruct`` leaves (any pytree: dicts, ``FrozenDict``,
     ``nnx.State``). ``labels``: optional group labels, a tree with the params' structure (or a
-    prefix of it) or a function ``params -> labels`` (e.g. :func:`gradx.groups.label_by_path`), to add per-group
-    totals. See :class:`MemoryReport` for what is returned and the module docstring for how
-    state leaves are attributed to parameters. Not in Optax.
+    prefix of it) or a function ``params -> labels`` (e.g. :func:`gradx.groups.label_by_path`),
+    to add per-group totals. See :class:`MemoryReport` for what is returned and the module
+    docstring for how state leaves are attributed to parameters. Not in Optax.
     """
     state = jax.eval_shape(tx.init, params)
     param_leaves = jax.tree_util.tree_flatten_with_path(params)[0]

@@ -66,7 +66,8 @@ def test_adafactor_factors_rows_and_columns():
 def test_state_dtypes_count_their_own_bytes():
     """bfloat16 params: Adam's moments are bfloat16 (2 bytes); mu_dtype=bfloat16 on float32
     params halves the first moment only."""
-    assert memory_report(gradx.adam(1e-3), model_shapes(jnp.bfloat16)).total_bytes == 2 * 2 * N + COUNT
+    bf16 = memory_report(gradx.adam(1e-3), model_shapes(jnp.bfloat16))
+    assert bf16.total_bytes == 2 * 2 * N + COUNT
     report = memory_report(gradx.adam(1e-3, mu_dtype=jnp.bfloat16), model_shapes())
     assert report.buffers == {"0/count": COUNT, "0/mu": 2 * N, "0/nu": 4 * N}
     assert report.buffers_per_param == 1.5
