@@ -226,7 +226,8 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, i
 
 def test_killed_process_leaves_the_previous_checkpoint(tmp_path):
     """A real crash: a child process overwriting the checkpoint is killed (``os._exit``, no
-    cleanup runs) between writing the new metadata file and renaming it in place."""
+    cleanup runs) between writing the new metadata file and renaming it in place. The child
+    also checks that importing gradx.checkpoint does not import Orbax (a lazy import)."""
     tx, params = gradx.adam(1e-2), make_params()
     state = tx.init(params)
     checkpoint.save(tmp_path, params, state, step=0)
@@ -236,6 +237,7 @@ sys.path.insert(0, {os.path.dirname(__file__)!r})
 import gradx
 from gradx import checkpoint
 from support import make_params
+assert "orbax" not in sys.modules
 def killed(src, dst):
     assert os.path.getsize(src) > 0
     os._exit(3)
