@@ -29,10 +29,14 @@ elementwise optimizers take the flat path; optimizers with per-leaf norms (LAMB,
 NovoGrad), factored moments (Adafactor, SM3), noise, L-BFGS, a global-norm clip or masks run as
 they are. ``fused_plan(tx, params)`` says which path a transformation takes and why.
 
-State: ``fused(tx).init(params)`` is ``tx``'s state in which every tree shaped like the params
-is a ``FlatTree`` (the buckets and the in-place leaves). ``to_reference_state`` turns it into
-the state ``tx.init`` builds (same classes, fields and values) and ``from_reference_state``
-back, exactly (a concatenation and slices, no arithmetic).
+State: on the flat path ``fused(tx).init(params)`` is a ``FusedState``: ``inner`` is ``tx``'s
+state (same classes and fields) in which every tree shaped like the params is a ``FlatTree``
+(the buckets and the in-place leaves), and ``offsets`` holds where each bucketed leaf starts in
+its bucket, as int32 scalars. The offsets are run-time inputs so that every leaf of one shape
+shares one compiled kernel when the updates are cut back into leaves (constant offsets would
+give each leaf its own kernel, and compile time grows by seconds per thousand leaves).
+``to_reference_state`` turns the state into the one ``tx.init`` builds, and
+``from_reference_state`` back, exactly (slices and concatenations, no arithmetic).
 
 Differs from Optax: Optax has no such path (``optax.flatten`` ravels every leaf into one vector
 each step, which costs a full copy of params, updates and state per step, and changes the
@@ -41,7 +45,7 @@ state layout without a conversion).
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +56,7 @@ from gradx.base import GradientTransformationExtraArgs, with_extra_args_support
 from gradx.masking import MaskedState
 from gradx.partition import MultiTransformState, PartitionState
 
-__all__ = ["FlatTree", "FusedPlan", "fused", "fused_plan", "to_reference_state",
+__all__ = ["FlatTree", "FusedState", "FusedPlan", "fused", "fused_plan", "to_reference_state",
            "from_reference_state"]
 
 DEFAULT_INPLACE_MIN_SIZE = 1 << 14
@@ -157,17 +161,51 @@ def _pack(tree, layout: _Layout, name: str) -> FlatTree:
     return FlatTree(buckets, inplace, layout)
 
 
-def _unpack(flat: FlatTree):
+def _unpack(flat: FlatTree, offsets=None):
+    """The params' tree from ``flat``. With ``offsets`` (one int32 scalar per bucketed leaf, passed
+    in at run time) every leaf is cut out by a ``dynamic_slice`` whose start is an input rather
+    than a constant, so all the leaves of one shape share one compiled kernel: XLA compiles a
+    kernel per distinct fused computation, and constant offsets would make each leaf's distinct
+    (seconds of compile time per thousand leaves)."""
     layout = flat.layout
-    leaves = []
+    leaves, k = [], 0
     for (shape, _, _), (b, where) in zip(layout.leaves, layout.slots):
         if b is None:
             leaves.append(flat.inplace[where])
+            continue
+        size = int(np.prod(shape, dtype=np.int64))
+        bucket = flat.buckets[b]
+        if offsets is None:
+            piece = jax.lax.slice(bucket, (where,), (where + size,))
         else:
-            size = int(np.prod(shape, dtype=np.int64))
-            bucket = flat.buckets[b]
-            leaves.append(jax.lax.slice(bucket, (where,), (where + size,)).reshape(shape))
+            piece = jax.lax.dynamic_slice(bucket, (offsets[k],), (size,))
+        leaves.append(piece.reshape(shape))
+        k += 1
     return layout.treedef.unflatten(leaves)
+
+
+def _offsets(layout: _Layout):
+    return tuple(jnp.asarray(where, jnp.int32) for b, where in layout.slots if b is not None)
+
+
+@jax.tree_util.register_pytree_node_class
+class FusedState:
+    """``fused(tx)``'s state on the flat path: ``inner`` is ``tx``'s state built on the buckets
+    (each params-shaped tree a ``FlatTree``), ``offsets`` where each bucketed leaf starts in its
+    bucket (int32 scalars, run-time inputs: see ``_unpack``)."""
+
+    def __init__(self, inner, offsets, layout):
+        self.inner, self.offsets, self.layout = inner, tuple(offsets), layout
+
+    def tree_flatten(self):
+        return (self.inner, self.offsets), self.layout
+
+    @classmethod
+    def tree_unflatten(cls, layout, children):
+        return cls(children[0], children[1], layout)
+
+    def __repr__(self):
+        return f"FusedState(inner={self.inner!r})"
 
 
 def _abstract_flat(layout: _Layout) -> FlatTree:
@@ -182,18 +220,35 @@ def _is_flat(x):
     return isinstance(x, FlatTree)
 
 
+def _is_node(x):
+    return isinstance(x, (FlatTree, FusedState))
+
+
 def to_reference_state(state):
-    """The state ``tx.init`` builds, from ``fused(tx)``'s: every ``FlatTree`` back to the params'
-    tree (exact: slices and reshapes). A reference state passes through unchanged."""
-    return jax.tree.map(lambda x: _unpack(x) if _is_flat(x) else x, state, is_leaf=_is_flat)
+    """The state ``tx.init`` builds, from ``fused(tx)``'s: the ``FusedState`` wrapper dropped and
+    every ``FlatTree`` back to the params' tree (exact: slices and reshapes). A reference state
+    passes through unchanged."""
+
+    def convert(x):
+        if isinstance(x, FusedState):
+            return to_reference_state(x.inner)
+        return _unpack(x) if _is_flat(x) else x
+
+    return jax.tree.map(convert, state, is_leaf=_is_node)
 
 
 def from_reference_state(fused_tx, state, params):
     """``fused_tx``'s state from the reference state ``state`` of the same transformation
     (exact: concatenations). ``params`` give the layout (their shapes and dtypes)."""
     template = jax.eval_shape(fused_tx.init, params)
-    return jax.tree.map(lambda t, s: _pack(s, t.layout, "state") if _is_flat(t) else s,
-                        template, state, is_leaf=_is_flat)
+
+    def convert(t, s):
+        if isinstance(t, FusedState):
+            inner = jax.tree.map(convert, t.inner, s, is_leaf=_is_flat)
+            return FusedState(inner, _offsets(t.layout), t.layout)
+        return _pack(s, t.layout, "state") if _is_flat(t) else s
+
+    return jax.tree.map(convert, template, state, is_leaf=_is_node)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,8 +371,8 @@ def fused(tx, inplace_min_size: int = DEFAULT_INPLACE_MIN_SIZE) -> GradientTrans
     dtype into one flat buffer each; larger leaves stay in place. The flat path is taken only
     when ``tx`` is elementwise and treats all leaves alike (see the module docstring and
     ``fused_plan``); otherwise ``fused(tx)`` is ``tx``. Updates come back in the params' tree;
-    the state is ``tx``'s with each params-shaped tree as a ``FlatTree``
-    (``to_reference_state`` / ``from_reference_state`` convert exactly). Updates must have the
+    the state is a ``FusedState`` around ``tx``'s state with each params-shaped tree as a
+    ``FlatTree`` (``to_reference_state`` / ``from_reference_state`` convert exactly). Updates must have the
     params' shapes and dtypes (as every rule here assumes).
     """
     if inplace_min_size < 1:
@@ -329,20 +384,18 @@ def fused(tx, inplace_min_size: int = DEFAULT_INPLACE_MIN_SIZE) -> GradientTrans
         return layout, _decide(tx, layout)[0]
 
     def init(params):
-        layout, flat = decide(params)
-        return tx.init(_pack(params, layout, "params")) if flat else tx.init(params)
+        layout = _layout(params, inplace_min_size)
+        if not _decide(tx, layout)[0]:
+            return tx.init(params)
+        return FusedState(tx.init(_pack(params, layout, "params")), _offsets(layout), layout)
 
     def update(updates, state, params=None, **extra_args):
-        flats = [x for x in jax.tree.leaves(state, is_leaf=_is_flat) if _is_flat(x)]
-        if flats:
-            layout, flat = flats[0].layout, True
-        else:
-            layout, flat = decide(params if params is not None else updates)
-        if not flat:
+        if not isinstance(state, FusedState):
             return tx.update(updates, state, params, **extra_args)
-        new, state = tx.update(_pack(updates, layout, "updates"), state,
+        layout = state.layout
+        new, inner = tx.update(_pack(updates, layout, "updates"), state.inner,
                                None if params is None else _pack(params, layout, "params"),
                                **extra_args)
-        return _unpack(new), state
+        return _unpack(new, state.offsets), FusedState(inner, state.offsets, layout)
 
     return GradientTransformationExtraArgs(init, update)
