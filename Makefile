@@ -17,11 +17,21 @@ $(VENV)/.installed-test: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,examples]'
 	touch $@ $(VENV)/.installed-examples
 
+$(VENV)/.installed-docs: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
+
 demo: $(VENV)/.installed-examples
 	$(PY) examples/quickstart.py
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -n 2 --dist loadfile tests
+
+# The API reference from the docstrings (mkdocs.yml); any warning fails the build.
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # Full sizes take a while (~100M params, optax compiles at 3000 leaves); BENCH_ARGS=--quick for a
 # small run, which leaves benchmarks/RESULTS.md alone.
