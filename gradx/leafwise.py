@@ -53,8 +53,6 @@ from gradx import tree_utils
 from gradx.base import (NO_PARAMS_MSG, GradientTransformation, GradientTransformationExtraArgs,
                         safe_increment)
 
-STEP_INPUTS = ("state", "updates", "params", "extra_args")
-
 
 class Moment(NamedTuple):
     """Per-leaf state: its field name in the state, its initial value and its dtype (``None``:
@@ -133,9 +131,6 @@ def leafwise(
         ``step_scalars`` also gets their current values as keywords and returns
         ``(scalars, new_values)``. New values keep the old values' dtype.
     """
-    unknown = set(step_inputs) - set(STEP_INPUTS)
-    if unknown:
-        raise ValueError(f"step_inputs must be among {STEP_INPUTS}, got {sorted(unknown)}.")
     has_count = count_field is not None and count_field in state_cls._fields
     names = [m.name for m in moments]
     carry = carry or {}
