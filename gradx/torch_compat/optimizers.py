@@ -257,6 +257,16 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: tuple = (0.9, 0.999), eps: float =
 
     Default ``weight_decay=1e-2`` (optax's adamw: 1e-4); the decay is multiplied by the scheduled
     lr, as in both libraries. Reference: Loshchilov & Hutter, 2019.
+
+    Example:
+      >>> from gradx import torch_compat as tc
+      >>> tx = tc.adamw(lr=0.1, weight_decay=0.5)
+      >>> params = jnp.array([1.0, -1.0])
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(jnp.array([0.5, 0.5]), state, params)
+      >>> params = gradx.apply_updates(params, updates)  # torch: θ·(1 - lr·wd) - lr·m̂/(√v̂ + ε)
+      >>> print(np.asarray(params, float).round(4))
+      [ 0.85 -1.05]
     """
     return _adam(lr, betas, eps, weight_decay, amsgrad, maximize, True)
 
