@@ -10,6 +10,15 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
 
     Extra keyword arguments of ``update`` reach every element (elements that take none ignore
     them), as in Optax.
+
+    Example:
+      >>> tx = gradx.chain(gradx.clip_by_global_norm(1.0), gradx.scale(-0.1))
+      >>> state = tx.init({"w": jnp.zeros(2)})
+      >>> len(state)
+      2
+      >>> updates, state = tx.update({"w": jnp.array([3.0, 4.0])}, state)
+      >>> print(np.asarray(updates["w"], float).round(4))  # clipped to norm 1, then scaled
+      [-0.06 -0.08]
     """
     transforms = tuple(with_extra_args_support(t) for t in transforms)
 

@@ -118,6 +118,25 @@ def label_by_path(rules: Union[Mapping[Pattern, Hashable], Iterable[tuple[Patter
     ``"encoder/*"``; ``*`` crosses ``/``), a compiled regex searched in the path
     (``re.compile(r"layers_\\d+/mlp")``) or a predicate ``fn(path, leaf) -> bool`` (for rules on
     shapes). Not in Optax.
+
+    Example:
+      >>> labels = gradx.label_by_path({"*/bias": "no_decay", "encoder/*": "encoder"},
+      ...                              default="head")
+      >>> params = {"encoder": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)},
+      ...           "head": {"kernel": jnp.ones((3, 1))}}
+      >>> labels(params)
+      {'encoder': {'bias': 'no_decay', 'kernel': 'encoder'}, 'head': {'kernel': 'head'}}
+      >>> tx = gradx.partition({"no_decay": gradx.adam(1e-3), "encoder": gradx.adamw(1e-3),
+      ...                       "head": gradx.adamw(1e-2)}, labels)
+      >>> print(labels.report(params))
+      group     path            shape   dtype    size
+      no_decay  encoder/bias    (3,)    float32  3
+      encoder   encoder/kernel  (2, 3)  float32  6
+      head      head/kernel     (3, 1)  float32  3
+      <BLANKLINE>
+      no_decay: 1 leaves, 3 parameters
+      encoder: 1 leaves, 6 parameters
+      head: 1 leaves, 3 parameters
     """
     return PathRules(rules, default)
 

@@ -145,6 +145,16 @@ class MultiSteps:
     - ``accumulator_dtype=None`` (the default) accumulates each leaf in ``float32`` or its own
       dtype when wider (float64 under x64, complex kept complex); Optax's ``float32`` default
       loses precision under x64 and drops imaginary parts.
+
+    Example:
+      >>> opt = gradx.MultiSteps(gradx.sgd(learning_rate=1.0), every_k_schedule=2)
+      >>> params = jnp.zeros(2)
+      >>> state = opt.init(params)
+      >>> for grads in [jnp.array([1.0, 2.0]), jnp.array([3.0, 4.0])]:
+      ...     updates, state = opt.update(grads, state, params)
+      ...     print(updates, bool(opt.has_updated(state)))
+      [0. 0.] False
+      [-2. -3.] True
     """
 
     def __init__(self, opt: GradientTransformation,

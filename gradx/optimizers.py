@@ -47,6 +47,18 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[float] = None, neste
     ``b ← g + μ·b`` (``b₀ = 0``), ``u = -η·b`` (Nesterov: ``u = -η·(g + μ·b)``).
     Defaults: no momentum. Equal to ``torch.optim.SGD`` with ``dampening=0`` (Sutskever et al.,
     2013). For coupled L2 weight decay chain ``add_decayed_weights`` before it.
+
+    Example:
+      >>> tx = gradx.sgd(learning_rate=0.1, momentum=0.9)
+      >>> params = jnp.array([1.0, -2.0])
+      >>> state = tx.init(params)
+      >>> for _ in range(3):
+      ...     updates, state = tx.update(jnp.ones(2), state)
+      ...     params = gradx.apply_updates(params, updates)
+      ...     print(np.asarray(updates, float).round(4))
+      [-0.1 -0.1]
+      [-0.19 -0.19]
+      [-0.271 -0.271]
     """
     if momentum is not None:
         checks.in_range("momentum", momentum, 0.0, 1.0, high_open=False)
@@ -87,6 +99,15 @@ def adamw(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, e
 
     Decoupled weight decay multiplied by the learning rate (PyTorch's form). Default
     ``weight_decay=1e-4`` as Optax (PyTorch's default is 1e-2). ``mask`` selects the decayed leaves.
+
+    Example:
+      >>> params = {"w": jnp.array([1.0, -1.0])}
+      >>> tx = gradx.adamw(learning_rate=0.1, weight_decay=0.5)
+      >>> state = tx.init(params)
+      >>> grads = {"w": jnp.array([0.5, 0.5])}
+      >>> updates, state = tx.update(grads, state, params)  # weight decay reads the params
+      >>> print(np.asarray(updates["w"], float).round(4))  # first step: -η·(sign(g) + λ·p)
+      [-0.15 -0.05]
     """
     return chain(
         scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov),

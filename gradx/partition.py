@@ -51,6 +51,16 @@ def partition(transforms: Mapping[Hashable, GradientTransformation],
 
     Differs from Optax: an unknown label raises in ``update`` as well as in ``init``, and the
     error lists each offending path with its label.
+
+    Example:
+      >>> params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+      >>> tx = gradx.partition({"train": gradx.sgd(0.1), "frozen": gradx.set_to_zero()},
+      ...                      {"w": "train", "b": "frozen"})
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state)
+      >>> print(np.asarray(updates["w"], float).round(4), updates["b"])
+      [[-0.1 -0.1]
+       [-0.1 -0.1]] [0. 0.]
     """
     transforms = {label: with_extra_args_support(tx) for label, tx in transforms.items()}
 
