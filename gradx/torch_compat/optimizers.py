@@ -258,7 +258,7 @@ def adamw(lr: ScalarOrSchedule = 1e-3, betas: tuple = (0.9, 0.999), eps: float =
     Default ``weight_decay=1e-2`` (optax's adamw: 1e-4); the decay is multiplied by the scheduled
     lr, as in both libraries. Reference: Loshchilov & Hutter, 2019.
 
-    Example:
+    Examples:
       >>> from gradx import torch_compat as tc
       >>> tx = tc.adamw(lr=0.1, weight_decay=0.5)
       >>> params = jnp.array([1.0, -1.0])
