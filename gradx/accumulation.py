@@ -32,14 +32,18 @@ def apply_every(k: int = 1) -> GradientTransformation:
     """
     checks.in_range("k", k, 1, float("inf"))
 
+    def window(_, state):
+        position = state.count % k
+        return {"keep": position != 0, "emit": position == k - 1}
+
+    inner = leafwise(_accumulate, ApplyEvery, (Moment("grad_acc"),), count_field=None,
+                     step_inputs=("state",), step_scalars=window)
+
     def init(params):
         return ApplyEvery(count=jnp.zeros([], jnp.int32), grad_acc=tree_utils.zeros_like(params))
 
     def update(updates, state, params=None):
         del params
-        position = state.count % k
-        inner = leafwise(_accumulate, ApplyEvery, (Moment("grad_acc"),), count_field=None,
-                         step_scalars=lambda _: {"keep": position != 0, "emit": position == k - 1})
         updates, new_state = inner.update(updates, state)
         return updates, new_state._replace(count=safe_increment(state.count) % k)
 

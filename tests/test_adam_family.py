@@ -9,7 +9,8 @@ import optax
 import pytest
 
 import gradx
-from support import assert_trees_close, compare, make_grads, make_params, run
+from support import (assert_trees_close, compare, complex_grads, complex_params, make_grads,
+                     make_params, run)
 
 CASES = [
     ("scale_by_adam", {}, 6),
@@ -85,24 +86,13 @@ def test_bf16_params_with_f32_mu_dtype():
     assert_trees_close(state, their_state, rtol=0, atol=0)
 
 
-def _complex_params():
-    real, imag = make_params(seed=0), make_params(seed=3)
-    return jax.tree.map(lambda a, b: (a + 1j * b).astype(jnp.complex64), real, imag)
-
-
-def _complex_grads(params, step):
-    real = make_grads(jax.tree.map(jnp.real, params), step)
-    imag = make_grads(jax.tree.map(jnp.imag, params), step, seed=7)
-    return jax.tree.map(lambda a, b: (a + 1j * b).astype(jnp.complex64), real, imag)
-
-
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_adam_complex64_matches_optax(nesterov):
-    params = _complex_params()
+    params = complex_params()
     ours, our_params, our_state = run(gradx.scale_by_adam(nesterov=nesterov), params,
-                                      grads_fn=_complex_grads)
+                                      grads_fn=complex_grads)
     theirs, their_params, their_state = run(optax.scale_by_adam(nesterov=nesterov), params,
-                                            grads_fn=_complex_grads)
+                                            grads_fn=complex_grads)
     assert all(u.dtype == jnp.complex64 for u in jax.tree.leaves(ours))
     assert np.abs(np.asarray(ours[-1]["head"]).imag).max() > 0
     assert_trees_close(ours, theirs)
