@@ -11,7 +11,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
     Extra keyword arguments of ``update`` reach every element (elements that take none ignore
     them), as in Optax.
 
-    Example:
+    Examples:
       >>> tx = gradx.chain(gradx.clip_by_global_norm(1.0), gradx.scale(-0.1))
       >>> state = tx.init({"w": jnp.zeros(2)})
       >>> len(state)

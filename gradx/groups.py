@@ -119,7 +119,7 @@ def label_by_path(rules: Union[Mapping[Pattern, Hashable], Iterable[tuple[Patter
     (``re.compile(r"layers_\\d+/mlp")``) or a predicate ``fn(path, leaf) -> bool`` (for rules on
     shapes). Not in Optax.
 
-    Example:
+    Examples:
       >>> labels = gradx.label_by_path({"*/bias": "no_decay", "encoder/*": "encoder"},
       ...                              default="head")
       >>> params = {"encoder": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)},

@@ -88,7 +88,7 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation],
     default float dtype (float32; float64 under x64), never the params' dtype, and keep that dtype
     when a step or ``set_hyperparams`` writes them, so a changed value never retraces.
 
-    Example:
+    Examples:
       >>> import gradx, jax.numpy as jnp
       >>> opt = gradx.inject_hyperparams(gradx.adam)(learning_rate=0.1)
       >>> state = opt.init({"w": jnp.zeros(2, jnp.bfloat16)})

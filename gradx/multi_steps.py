@@ -146,7 +146,7 @@ class MultiSteps:
       dtype when wider (float64 under x64, complex kept complex); Optax's ``float32`` default
       loses precision under x64 and drops imaginary parts.
 
-    Example:
+    Examples:
       >>> opt = gradx.MultiSteps(gradx.sgd(learning_rate=1.0), every_k_schedule=2)
       >>> params = jnp.zeros(2)
       >>> state = opt.init(params)

@@ -48,7 +48,7 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[float] = None, neste
     Defaults: no momentum. Equal to ``torch.optim.SGD`` with ``dampening=0`` (Sutskever et al.,
     2013). For coupled L2 weight decay chain ``add_decayed_weights`` before it.
 
-    Example:
+    Examples:
       >>> tx = gradx.sgd(learning_rate=0.1, momentum=0.9)
       >>> params = jnp.array([1.0, -2.0])
       >>> state = tx.init(params)
@@ -100,7 +100,7 @@ def adamw(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, e
     Decoupled weight decay multiplied by the learning rate (PyTorch's form). Default
     ``weight_decay=1e-4`` as Optax (PyTorch's default is 1e-2). ``mask`` selects the decayed leaves.
 
-    Example:
+    Examples:
       >>> params = {"w": jnp.array([1.0, -1.0])}
       >>> tx = gradx.adamw(learning_rate=0.1, weight_decay=0.5)
       >>> state = tx.init(params)

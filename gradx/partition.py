@@ -52,7 +52,7 @@ def partition(transforms: Mapping[Hashable, GradientTransformation],
     Differs from Optax: an unknown label raises in ``update`` as well as in ``init``, and the
     error lists each offending path with its label.
 
-    Example:
+    Examples:
       >>> params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
       >>> tx = gradx.partition({"train": gradx.sgd(0.1), "frozen": gradx.set_to_zero()},
       ...                      {"w": "train", "b": "frozen"})
