@@ -13,7 +13,7 @@ weights and on the same batches:
 
 If torch is importable both run and the largest difference in loss and in weights is printed;
 otherwise gradx runs alone. Writes examples/out/port_from_pytorch.png (loss and learning rate
-of each recipe, torch and gradx overlaid). See docs/porting_from_pytorch.md.
+of each recipe, torch and gradx overlaid). See the README section "Porting from PyTorch".
 """
 
 import argparse

@@ -3,7 +3,7 @@ number for number (torch 2.13).
 
 Every optimizer takes ``torch.optim``'s argument names and defaults and returns a gradx
 transformation whose updates are torch's whole parameter change per ``optimizer.step()``. See
-``docs/porting_from_pytorch.md`` for the mapping and where these differ from the Optax-compatible
+the README section "Porting from PyTorch" for the mapping and where these differ from the Optax-compatible
 optimizers of the same name.
 """
 

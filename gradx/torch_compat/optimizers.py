@@ -20,7 +20,7 @@ decay included: ``params = gradx.apply_updates(params, updates)`` then equals to
   these rules do not replicate.
 
 Where these differ from gradx's (Optax-compatible) optimizers of the same name is listed in each
-docstring and in ``docs/porting_from_pytorch.md``.
+docstring and in the README section "Porting from PyTorch".
 """
 
 import math

@@ -1,6 +1,6 @@
 """Convert a torch optimizer's ``state_dict()`` to the gradx state of a parameter tree and back.
 
-Mapping (documented in ``docs/porting_from_pytorch.md``):
+Mapping (documented in the README section "Porting from PyTorch"):
 
 - **Which torch parameter is which leaf.** torch numbers parameters 0, 1, ... across its param
   groups in order. By default leaf ``i`` of ``jax.tree.leaves(params)`` is torch parameter ``i``.
