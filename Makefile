@@ -2,26 +2,26 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
+comma := ,
 
 .PHONY: demo test bench docs clean
 
-$(VENV)/.installed-examples: pyproject.toml
+# Create the virtual environment if needed and install gradx with the given extras.
+define install
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[examples]'
+	$(PY) -m pip install -q -e '.[$(1)]'
 	touch $@
+endef
+
+$(VENV)/.installed-examples: pyproject.toml
+	$(call install,examples)
 
 $(VENV)/.installed-test: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,examples]'
-	touch $@ $(VENV)/.installed-examples
+	$(call install,test$(comma)examples)
+	touch $(VENV)/.installed-examples
 
 $(VENV)/.installed-docs: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[docs]'
-	touch $@
+	$(call install,docs)
 
 demo: $(VENV)/.installed-examples
 	$(PY) examples/quickstart.py
