@@ -38,6 +38,13 @@ give each leaf its own kernel, and compile time grows by seconds per thousand le
 ``to_reference_state`` turns the state into the one ``tx.init`` builds, and
 ``from_reference_state`` back, exactly (slices and concatenations, no arithmetic).
 
+Fastest use: keep the params flat from step to step (``flatten_params`` once,
+``unflatten_params`` inside the loss, so gradients come back flat too). ``fused(tx).update``
+then takes and returns ``FlatTree``s with no conversion, and ``apply_updates`` runs a few kernels instead of one per leaf. Given the
+params' tree instead, each step packs the gradients and params (one concatenation per bucket)
+and cuts the updates back into leaves (one small kernel per leaf, shared by the leaves of one
+shape): numbers and the API are the reference ones, but per-leaf work remains.
+
 Differs from Optax: Optax has no such path (``optax.flatten`` ravels every leaf into one vector
 each step, which costs a full copy of params, updates and state per step, and changes the
 state layout without a conversion).
@@ -56,8 +63,8 @@ from gradx.base import GradientTransformationExtraArgs, with_extra_args_support
 from gradx.masking import MaskedState
 from gradx.partition import MultiTransformState, PartitionState
 
-__all__ = ["FlatTree", "FusedState", "FusedPlan", "fused", "fused_plan", "to_reference_state",
-           "from_reference_state"]
+__all__ = ["FlatTree", "FusedState", "FusedPlan", "fused", "fused_plan", "flatten_params",
+           "unflatten_params", "to_reference_state", "from_reference_state"]
 
 DEFAULT_INPLACE_MIN_SIZE = 1 << 14
 
@@ -218,6 +225,18 @@ def _abstract_flat(layout: _Layout) -> FlatTree:
 
 def _is_flat(x):
     return isinstance(x, FlatTree)
+
+
+def flatten_params(params, inplace_min_size: int = DEFAULT_INPLACE_MIN_SIZE) -> FlatTree:
+    """``params`` in bucketed form, to keep them flat from step to step (the fastest use of
+    ``fused``: updates then come back as a ``FlatTree`` too, and ``apply_updates`` runs a few
+    kernels instead of one per leaf). ``unflatten_params`` gives the tree back."""
+    return _pack(params, _layout(params, inplace_min_size), "params")
+
+
+def unflatten_params(flat: FlatTree):
+    """The params' tree from a ``FlatTree`` (slices and reshapes, exact)."""
+    return _unpack(flat)
 
 
 def _is_node(x):
@@ -384,6 +403,13 @@ def fused(tx, inplace_min_size: int = DEFAULT_INPLACE_MIN_SIZE) -> GradientTrans
         return layout, _decide(tx, layout)[0]
 
     def init(params):
+        if isinstance(params, FlatTree):
+            layout = params.layout
+            flat, reason = _decide(tx, layout)
+            if not flat:
+                raise ValueError(f"fused: this transformation cannot run on flat params ({reason}); "
+                                 "pass the params' tree.")
+            return FusedState(tx.init(params), _offsets(layout), layout)
         layout = _layout(params, inplace_min_size)
         if not _decide(tx, layout)[0]:
             return tx.init(params)
@@ -393,6 +419,9 @@ def fused(tx, inplace_min_size: int = DEFAULT_INPLACE_MIN_SIZE) -> GradientTrans
         if not isinstance(state, FusedState):
             return tx.update(updates, state, params, **extra_args)
         layout = state.layout
+        if isinstance(updates, FlatTree):  # params kept flat by the caller: nothing to convert
+            new, inner = tx.update(updates, state.inner, params, **extra_args)
+            return new, FusedState(inner, state.offsets, layout)
         new, inner = tx.update(_pack(updates, layout, "updates"), state.inner,
                                None if params is None else _pack(params, layout, "params"),
                                **extra_args)

@@ -119,7 +119,8 @@ def test_fused_equals_reference_bit_for_bit(name):
 def test_adamw_state_layout_is_the_reference_one_with_flat_moments():
     params = mixed_params()
     state = fused(gradx.adamw(1e-2), INPLACE).init(params)
-    assert [int(o) for o in state.offsets] == [0, 3, 18, 0, 1, 24]  # dense.bias, dense.kernel, head | gain, scale | scale
+    # float32: dense.bias, dense.kernel, head; bfloat16: norm.gain, norm.scale; float32: scale
+    assert [int(o) for o in state.offsets] == [0, 3, 18, 0, 1, 24]
     adam_state = state.inner[0]
     assert type(adam_state) is gradx.ScaleByAdamState
     assert [b.shape for b in adam_state.mu.buckets] == [(25,), (5,)]
@@ -193,3 +194,30 @@ def test_validation():
         tx.update(grads, state, params)
     with pytest.raises(ValueError, match="fused: updates has structure"):
         tx.update({"head": params["head"]}, state, params)
+
+
+def test_flat_params_step_equals_reference():
+    params = mixed_params()
+    reference = gradx.adamw(1e-2, weight_decay=0.1)
+    tx = fused(reference, INPLACE)
+
+    @jax.jit
+    def flat_step(flat, state, grads):
+        updates, state = tx.update(gradx.fused.flatten_params(grads, INPLACE), state, flat)
+        return gradx.apply_updates(flat, updates), state
+
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = reference.update(grads, state, params)
+        return gradx.apply_updates(params, updates), state
+
+    flat = jax.jit(lambda p: gradx.fused.flatten_params(p, INPLACE))(params)
+    flat_state, state = tx.init(flat), reference.init(params)
+    for i in range(3):
+        flat, flat_state = flat_step(flat, flat_state, make_grads(params, i))
+        params, state = step(params, state, make_grads(params, i))
+    assert_trees_equal(jax.jit(gradx.fused.unflatten_params)(flat), params, "params")
+    assert_trees_equal(to_reference_state(flat_state), state, "state")
+    with pytest.raises(ValueError, match=r"fused: this transformation cannot run on flat params "
+                                         r"\(not elementwise \(reduce_sum\)\); pass the params' tree."):
+        fused(gradx.lamb(1e-2), INPLACE).init(flat)
