@@ -114,7 +114,28 @@ def jax_libs(args):
     libs = {"gradx": lambda r: jax_recipe(gradx, r), "optax": lambda r: jax_recipe(optax, r)}
     if gradx_fused is not None and not args.no_fused:
         libs["gradx-fused"] = fused_recipe
+        libs[FLAT] = fused_recipe
     return libs
+
+
+# gradx's fast path with the params kept flat between steps (``flatten_params`` once): the
+# gradients arrive as a tree and are packed inside the step; updates and params stay flat.
+FLAT = "gradx-fused-flat"
+
+
+def flat_ok(lib, recipe):
+    """The flat-params variant needs a recipe whose fused part takes the flat path (a
+    global-norm clip in front of it then runs on the flat gradients: same norm, summed in
+    another order)."""
+    return lib != FLAT or recipe != "adafactor"
+
+
+def as_params(lib, params):
+    return gradx_fused.flatten_params(params) if lib == FLAT else params
+
+
+def as_grads(lib, grads):
+    return gradx_fused.flatten_params(grads) if lib == FLAT else grads
 
 
 def cosine_lr(step):
@@ -162,12 +183,12 @@ def unshare(state, label):
     return out
 
 
-def jax_stepper(tx, apply_updates, params_np, grads, donate=True, label=""):
-    params = {k: jnp.asarray(v) for k, v in params_np.items()}
+def jax_stepper(tx, apply_updates, params_np, grads, donate=True, label="", lib=""):
+    params = as_params(lib, {k: jnp.asarray(v) for k, v in params_np.items()})
     state = unshare(tx.init(params), label)
 
     def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
+        updates, state = tx.update(as_grads(lib, grads), state, params)
         return apply_updates(params, updates), state
 
     compiled = jax.jit(step, donate_argnums=(0, 1) if donate else ()).lower(
@@ -249,6 +270,22 @@ def bandwidth(n_floats, repeats):
     return out
 
 
+TRIAD = "_triad"
+
+
+def triad_runner(args):
+    """The bandwidth probe timed in turn with the steps of a row (the machine may be shared):
+    a triad over arrays too large for the caches."""
+    n = 4_000_000 if args.quick else 32_000_000
+    b, c = jnp.ones(n, jnp.float32), jnp.full(n, 2.0, jnp.float32)
+    triad = jax.jit(lambda b, c: b + 3.0 * c)
+
+    def run():
+        triad(b, c).block_until_ready()
+
+    return run, n
+
+
 def step_regime(label, shapes, recipes, args, bw_gbps, libs, with_torch=True):
     params_np = random_tree(shapes, 0)
     grads_np = random_tree(shapes, 1)
@@ -258,12 +295,14 @@ def step_regime(label, shapes, recipes, args, bw_gbps, libs, with_torch=True):
     for recipe in recipes:
         runners, memory = {}, {}
         for lib, make in libs.items():
+            if not flat_ok(lib, recipe):
+                continue
             donations = (True, False) if args.no_donate else (True,)
             for donate in donations:
                 key = lib if donate else lib + " (no donation)"
                 apply = optax.apply_updates if lib == "optax" else gradx.apply_updates
                 runners[key], compiled = jax_stepper(make(recipe), apply, params_np, grads, donate,
-                                                     f"{lib} {recipe}")
+                                                     f"{lib} {recipe}", lib)
                 if donate:
                     memory[key] = memory_figures(compiled)
         if with_torch:
@@ -272,14 +311,17 @@ def step_regime(label, shapes, recipes, args, bw_gbps, libs, with_torch=True):
                 if run is not None:
                     runners[f"torch-{impl}"] = run
         inner = max(1, int(args.min_batch_s / max(1e-5, _probe(runners["optax"]))))
+        runners[TRIAD], triad_floats = triad_runner(args)
         timings = time_interleaved(runners, args.repeats, inner)
-        bound_s = BOUND_BYTES[recipe] * n / (bw_gbps * 1e9)
+        triad = timings.pop(TRIAD)
+        row_gbps = 12 * triad_floats / triad["median_s"] / 1e9
+        bound_s = BOUND_BYTES[recipe] * n / (row_gbps * 1e9)
         ref = timings["optax"]["median_s"]
         for key, t in timings.items():
             t.update(ratio_to_optax=t["median_s"] / ref, bandwidth_fraction=bound_s / t["median_s"])
         rows.append({"regime": label, "recipe": recipe, "n_params": n, "n_leaves": len(shapes),
                      "bound_bytes_per_param": BOUND_BYTES[recipe], "bound_s": bound_s,
-                     "timings": timings, "memory": memory})
+                     "triad_GBps": row_gbps, "timings": timings, "memory": memory})
         _print_row(rows[-1])
         del runners
         gc.collect()
@@ -308,16 +350,19 @@ def compile_regime(leaf_counts, recipes, libs, args):
             grads = params
             row = {"recipe": recipe, "n_leaves": len(shapes), "n_params": n_params(shapes), "compile_s": {}}
             for lib, make in libs.items():
+                if not flat_ok(lib, recipe):
+                    continue
                 tx = make(recipe)
                 apply = optax.apply_updates if lib == "optax" else gradx.apply_updates
 
-                def step(params, state, grads, tx=tx, apply=apply):
-                    updates, state = tx.update(grads, state, params)
+                def step(params, state, grads, tx=tx, apply=apply, lib=lib):
+                    updates, state = tx.update(as_grads(lib, grads), state, params)
                     return apply(params, updates), state
 
-                state = unshare(tx.init(params), f"{lib} {recipe}")
+                lib_params = as_params(lib, params)
+                state = unshare(tx.init(lib_params), f"{lib} {recipe}")
                 t0 = time.perf_counter()
-                jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+                jax.jit(step, donate_argnums=(0, 1)).lower(lib_params, state, grads).compile()
                 row["compile_s"][lib] = time.perf_counter() - t0
             rows.append(row)
             print(f"[compile/{recipe} {row['n_leaves']}l] " +
@@ -349,16 +394,19 @@ def model_regime(args, bw_gbps, libs, recipes):
     for recipe in recipes:
         runners = {}
         for lib, make in libs.items():
+            if not flat_ok(lib, recipe):
+                continue
             tx = make(recipe)
             apply = optax.apply_updates if lib == "optax" else gradx.apply_updates
+            unflat = gradx_fused.unflatten_params if lib == FLAT else (lambda p: p)
 
-            def train_step(params, state, x, y, tx=tx, apply=apply):
+            def train_step(params, state, x, y, tx=tx, apply=apply, unflat=unflat):
                 loss, grads = jax.value_and_grad(
-                    lambda p: jnp.mean((model.apply(p, x) - y) ** 2))(params)
+                    lambda p: jnp.mean((model.apply(unflat(p), x) - y) ** 2))(params)
                 updates, state = tx.update(grads, state, params)
                 return apply(params, updates), state, loss
 
-            params = jax.tree.map(jnp.copy, params0)
+            params = as_params(lib, jax.tree.map(jnp.copy, params0))
             state = unshare(tx.init(params), f"{lib} {recipe}")
             compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, state, x, y).compile()
             box = [params, state]

@@ -20,9 +20,9 @@ def step_table(rows):
     libs = []
     for row in rows:
         libs += [k for k in row["timings"] if k not in libs]
-    head = ("| regime | recipe | params | leaves | bound ms | "
+    head = ("| regime | recipe | params | leaves | triad GB/s | bound ms | "
             + " | ".join(f"{lib} ms (×optax, bw)" for lib in libs) + " |")
-    lines = [head, "|" + "---|" * (5 + len(libs))]
+    lines = [head, "|" + "---|" * (6 + len(libs))]
     for row in rows:
         cells = []
         for lib in libs:
@@ -30,8 +30,9 @@ def step_table(rows):
             cells.append("—" if t is None else
                          f"{fmt_ms(t['median_s'])} ({t['ratio_to_optax']:.2f}×, {t['bandwidth_fraction']:.2f})")
         bound = fmt_ms(row["bound_s"]) if "bound_s" in row else "—"
+        triad = f"{row['triad_GBps']:.1f}" if "triad_GBps" in row else "—"
         lines.append(f"| {row['regime']} | {row['recipe']} | {row['n_params']:,} | {row['n_leaves']} | "
-                     f"{bound} | " + " | ".join(cells) + " |")
+                     f"{triad} | {bound} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -122,10 +123,11 @@ def markdown(result):
         f"{', '.join(f'{x:.1f}' for x in m.get('loadavg_at_start', []))}, at end "
         f"{', '.join(f'{x:.1f}' for x in result.get('loadavg_at_end', []))}.",
         f"Measured bandwidth: triad {bw['triad_GBps']:.1f} GB/s (best {bw['triad_best_GBps']:.1f}), "
-        f"scale-copy {bw['scale_copy_GBps']:.1f} GB/s. `bw` = bound time / step time, the bound being "
-        "the recipe's bytes per float32 parameter (AdamW 28, clip+AdamW 32, SGD-Nesterov 20, Lion 20, "
-        "Adafactor 12) over the triad bandwidth; 1.0 is the memory-bandwidth limit (values above 1 "
-        "mean the buffers fit in cache).",
+        f"scale-copy {bw['scale_copy_GBps']:.1f} GB/s at the start; each step row also times a "
+        "triad in turn with its steps (column `triad GB/s`). `bw` = bound time / step time, the bound "
+        "being the recipe's bytes per float32 parameter (AdamW 28, clip+AdamW 32, SGD-Nesterov 20, "
+        "Lion 20, Adafactor 12) over the row's triad bandwidth; 1.0 is the memory-bandwidth limit "
+        "(values above 1 mean the buffers fit in cache). `model` rows use the start bandwidth.",
     ]
     if result.get("notes"):
         parts.append("Notes: " + "; ".join(result["notes"]) + ".")
