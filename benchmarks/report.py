@@ -122,8 +122,8 @@ def markdown(result):
         f"optax {m['optax']}, torch {m['torch']} ({m['torch_threads']} threads). Load average at start "
         f"{', '.join(f'{x:.1f}' for x in m.get('loadavg_at_start', []))}, at end "
         f"{', '.join(f'{x:.1f}' for x in result.get('loadavg_at_end', []))}.",
-        f"Measured bandwidth: triad {bw['triad_GBps']:.1f} GB/s (best {bw['triad_best_GBps']:.1f}), "
-        f"scale-copy {bw['scale_copy_GBps']:.1f} GB/s at the start; each step row also times a "
+        f"Measured bandwidth: triad {bw['triad_GBps']:.1f} GB/s (best {bw['triad_best_GBps']:.1f}) "
+        "at the start (output donated, so no page faults); each step row also times a "
         "triad in turn with its steps (column `triad GB/s`). `bw` = bound time / step time, the bound "
         "being the recipe's bytes per float32 parameter (AdamW 28, clip+AdamW 32, SGD-Nesterov 20, "
         "Lion 20, Adafactor 12) over the row's triad bandwidth; 1.0 is the memory-bandwidth limit "
