@@ -254,7 +254,7 @@ def memory_figures(compiled):
 def _triad_fn():
     """``a ← b + 3·c`` with ``a`` donated, so the output reuses its buffer: a fresh output
     buffer each call would page-fault and measure the allocator, not the memory."""
-    return jax.jit(lambda a, b, c: b + 3.0 * c, donate_argnums=0)
+    return jax.jit(lambda a, b, c: b + 3.0 * c, donate_argnums=0, keep_unused=True)
 
 
 def bandwidth(n_floats, repeats):
