@@ -209,11 +209,19 @@ def torch_stepper(name, params_np, grads_np, impl):
     opt = torch_optimizer(name, params, impl)
     if opt is None:
         return None
+    return torch_step_fn(name, params, opt)
+
+
+def torch_step_fn(recipe, params, opt, before=None):
+    """One torch optimizer step per call (``before()`` first, e.g. forward and backward), with
+    the clip and cosine learning rate of ``clip_adamw_cosine`` done as torch users do."""
     count = [0]
 
     def run():
+        if before is not None:
+            before()
         with torch.no_grad():
-            if name == "clip_adamw_cosine":
+            if recipe == "clip_adamw_cosine":
                 torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(count[0])
@@ -447,21 +455,12 @@ def torch_model_stepper(recipe, width, depth, batch, impl):
         return None
     x = torch.randn(batch, width)
     y = torch.randn(batch, 1)
-    count = [0]
 
-    def run():
+    def forward_backward():
         opt.zero_grad(set_to_none=False)
-        loss = torch.mean((net(x) - y) ** 2)
-        loss.backward()
-        with torch.no_grad():
-            if recipe == "clip_adamw_cosine":
-                torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-                for group in opt.param_groups:
-                    group["lr"] = cosine_lr(count[0])
-            opt.step()
-        count[0] += 1
+        torch.mean((net(x) - y) ** 2).backward()
 
-    return run
+    return torch_step_fn(recipe, params, opt, before=forward_backward)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,8 +38,7 @@ from gradx.plateau import *  # noqa: F401,F403
 from gradx.skipping import *  # noqa: F401,F403
 from gradx.mixed_precision import *  # noqa: F401,F403
 from gradx.memory import *  # noqa: F401,F403
-from gradx.fused import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
-from gradx import checkpoint, contrib, recipes, torch_compat  # noqa: E402  (built on the above)
+from gradx import checkpoint, contrib, fused, recipes, torch_compat  # noqa: E402  (built on the above)
