@@ -86,7 +86,9 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation],
 
     Differs from Optax: float hyperparameters are stored in ``hyperparam_dtype`` or else the
     default float dtype (float32; float64 under x64), never the params' dtype, and keep that dtype
-    when a step or ``set_hyperparams`` writes them, so a changed value never retraces.
+    when a step or ``set_hyperparams`` writes them, so a changed value never retraces. Arguments
+    whose name ends in ``mask`` (``mask``, ``weight_decay_mask``…) are closed over even when they
+    are functions: Optax would take a mask function for a schedule and fail.
 
     Examples:
       >>> import gradx, jax.numpy as jnp
@@ -108,7 +110,7 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation],
         bound.apply_defaults()
         schedules, numeric, static = {}, {}, {}
         for name, value in bound.arguments.items():
-            if name in static_args or isinstance(value, bool):
+            if name in static_args or isinstance(value, bool) or name.endswith("mask"):
                 static[name] = value
             elif isinstance(value, StatefulSchedule):
                 schedules[name] = value

@@ -119,3 +119,20 @@ def test_errors_name_the_problem():
         gradx.set_hyperparams(state, learning_rate=0.1)
     with pytest.raises(ValueError, match=r"unknown hyperparameters \['lr'\]"):
         gradx.set_hyperparams(state, lr=0.1)
+
+
+def test_mask_functions_are_not_taken_for_schedules():
+    mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
+    params = make_params()
+    compare(gradx.inject_hyperparams(gradx.adamw)(1e-2, weight_decay=0.1, mask=mask),
+            optax.inject_hyperparams(optax.adamw, static_args=("mask",))(1e-2, weight_decay=0.1, mask=mask),
+            params=params)
+    # Without static_args optax takes the mask function for a schedule, evaluates it on the step
+    # count (one False) and silently decays nothing: the matrices' updates differ.
+    silent = optax.inject_hyperparams(optax.adamw)(1e-2, weight_decay=0.1, mask=mask)
+    grads = jax.tree.map(jnp.ones_like, params)
+    wrong, wrong_state = silent.update(grads, silent.init(params), params)
+    right, _ = optax.adamw(1e-2, weight_decay=0.1, mask=mask).update(
+        grads, optax.adamw(1e-2, weight_decay=0.1, mask=mask).init(params), params)
+    assert "mask" in wrong_state.hyperparams
+    assert float(jnp.max(jnp.abs(wrong["dense"]["kernel"] - right["dense"]["kernel"]))) > 1e-3
