@@ -268,8 +268,6 @@ def set_hyperparams(state, **values):
                     hyperparams[name] = jnp.broadcast_to(jnp.asarray(wanted[key], old.dtype), old.shape)
                     found.add(key)
             return node._replace(hyperparams=hyperparams, inner_state=rebuild(node.inner_state, prefix))
-        if isinstance(node, TelemetryState):
-            return node._replace(inner_state=rebuild(node.inner_state, prefix))
         if isinstance(node, dict):
             return type(node)((k, rebuild(v, prefix + (str(k),))) for k, v in node.items())
         if isinstance(node, tuple) and hasattr(node, "_fields"):

@@ -95,7 +95,7 @@ def transformer_pretraining(total_steps: int, peak_learning_rate: float = 3e-4,
     """
     checks.positive("peak_learning_rate", peak_learning_rate)
     schedule = _warmup_cosine(peak_learning_rate, total_steps, warmup_steps, min_lr_ratio)
-    optimizer = inject_hyperparams(adamw, static_args="mask")(
+    optimizer = inject_hyperparams(adamw)(
         schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
         mask=weight_decay_mask() if mask is None else mask)
     return _clipped(clip_norm, optimizer)
@@ -153,7 +153,7 @@ def transformer_finetuning(total_steps: int, learning_rate: float = 2e-5, *,
     schedule = warmup_linear_decay_schedule(0.0, learning_rate,
                                             int(round(warmup_fraction * total_steps)), total_steps)
     mask = weight_decay_mask() if mask is None else mask
-    factory = inject_hyperparams(adamw, static_args="mask")
+    factory = inject_hyperparams(adamw)
 
     def group(lr_schedule):
         return factory(lr_schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
@@ -212,7 +212,7 @@ def vision_sgd(total_steps: int, learning_rate: float = 0.1, *, momentum: float 
             learning_rate, {int(round(f * decay_steps)): gamma for f in milestones})
     if warmup_steps:
         lr = warmup(lr, warmup_steps)
-    return inject_hyperparams(_sgd_l2, static_args="mask")(
+    return inject_hyperparams(_sgd_l2)(
         lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, mask=mask)
 
 
@@ -276,7 +276,7 @@ def memory_lean_lion(total_steps: int, adamw_learning_rate: float = 3e-4, warmup
     checks.in_range("lr_ratio", lr_ratio, 1.0, float("inf"))
     schedule = _warmup_cosine(adamw_learning_rate / lr_ratio, total_steps, warmup_steps,
                               min_lr_ratio)
-    optimizer = inject_hyperparams(lion, static_args="mask")(
+    optimizer = inject_hyperparams(lion)(
         schedule, b1=b1, b2=b2, weight_decay=adamw_weight_decay * lr_ratio,
         mask=weight_decay_mask() if mask is None else mask)
     return _clipped(clip_norm, optimizer)
