@@ -36,14 +36,25 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformatio
     ``u = g`` if ``‖g‖ < max_norm`` else ``g · max_norm / ‖g‖`` (no epsilon, as Optax).
 
     Reference: Pascanu et al., "On the difficulty of training Recurrent Neural Networks" (2012).
+
+    Differs from Optax: the tree is multiplied by one scalar ``max_norm / ‖g‖`` (as PyTorch's
+    ``clip_grad_norm_`` does) where Optax divides every element by ``‖g‖`` and then multiplies
+    by ``max_norm``; clipped values may differ from Optax's in the last bit. A per-element
+    division is an expensive operation that XLA will not repeat in each consumer, so Optax's
+    form materialises the whole clipped tree (a full-size temporary: 418 MB on the 110M-parameter
+    benchmark, and a slower step with donated buffers); a scalar multiplication fuses into the
+    next rule's kernels.
     """
     checks.non_negative("max_norm", max_norm)
 
-    def rule(g, *, norm):
-        return jnp.where(norm < max_norm, g, g / norm.astype(g.dtype) * max_norm)
+    def rule(g, *, factor):
+        return g * factor.astype(g.dtype)
 
-    return leafwise(rule, EmptyState, step_inputs=("updates",),
-                    step_scalars=lambda _, updates: {"norm": global_norm(updates)})
+    def step_scalars(_, updates):
+        norm = global_norm(updates)
+        return {"factor": jnp.where(norm < max_norm, 1.0, max_norm / norm)}
+
+    return leafwise(rule, EmptyState, step_inputs=("updates",), step_scalars=step_scalars)
 
 
 def _unit_axes(x: jax.Array) -> Axis:
