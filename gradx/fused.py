@@ -149,10 +149,13 @@ class FlatTree:
 
 
 def _pack(tree, layout: _Layout, name: str) -> FlatTree:
+    """``tree`` in bucketed form. Only its leaves must match the layout (count, shapes, dtypes):
+    the containers may differ, as nnx params held in ``nnx.Param`` variables and gradients as
+    plain arrays do."""
     leaves, treedef = jax.tree.flatten(tree)
-    if treedef != layout.treedef:
-        raise ValueError(f"fused: {name} has structure {treedef}, the state was built for "
-                         f"{layout.treedef}.")
+    if len(leaves) != len(layout.leaves):
+        raise ValueError(f"fused: {name} has {len(leaves)} leaves ({treedef}), the state was built "
+                         f"for {len(layout.leaves)} ({layout.treedef}).")
     parts = [[] for _ in layout.buckets]
     inplace = []
     for i, (x, (shape, dtype, _), (b, _)) in enumerate(zip(leaves, layout.leaves, layout.slots)):
@@ -168,12 +171,13 @@ def _pack(tree, layout: _Layout, name: str) -> FlatTree:
     return FlatTree(buckets, inplace, layout)
 
 
-def _unpack(flat: FlatTree, offsets=None):
+def _unpack(flat: FlatTree, offsets=None, treedef=None):
     """The params' tree from ``flat``. With ``offsets`` (one int32 scalar per bucketed leaf, passed
     in at run time) every leaf is cut out by a ``dynamic_slice`` whose start is an input rather
     than a constant, so all the leaves of one shape share one compiled kernel: XLA compiles a
     kernel per distinct fused computation, and constant offsets would make each leaf's distinct
-    (seconds of compile time per thousand leaves)."""
+    (seconds of compile time per thousand leaves). ``treedef`` (default: the layout's) is the
+    structure to give the leaves."""
     layout = flat.layout
     leaves, k = [], 0
     for (shape, _, _), (b, where) in zip(layout.leaves, layout.slots):
@@ -188,7 +192,7 @@ def _unpack(flat: FlatTree, offsets=None):
             piece = jax.lax.dynamic_slice(bucket, (offsets[k],), (size,))
         leaves.append(piece.reshape(shape))
         k += 1
-    return layout.treedef.unflatten(leaves)
+    return (layout.treedef if treedef is None else treedef).unflatten(leaves)
 
 
 def _offsets(layout: _Layout):
@@ -425,6 +429,7 @@ def fused(tx, inplace_min_size: int = DEFAULT_INPLACE_MIN_SIZE) -> GradientTrans
         new, inner = tx.update(_pack(updates, layout, "updates"), state.inner,
                                None if params is None else _pack(params, layout, "params"),
                                **extra_args)
-        return _unpack(new, state.offsets), FusedState(inner, state.offsets, layout)
+        return (_unpack(new, state.offsets, jax.tree.structure(updates)),
+                FusedState(inner, state.offsets, layout))
 
     return GradientTransformationExtraArgs(init, update)

@@ -113,6 +113,18 @@ def test_every_named_optimizer_in_nnx_optimizer(half):
                          nnx_run([_build(optax, n) for n in names]))
 
 
+def test_fast_path_in_nnx_optimizer():
+    """``gradx.fused`` in nnx.Optimizer (params held in nnx.Param variables, gradients as plain
+    arrays): the same training as the reference path and as optax."""
+    names = ["adamw", "lion", "sgd_nesterov"]
+    fast = [gradx.fused.fused(_build(gradx, n), inplace_min_size=64) for n in names]
+    ours = nnx_run(fast)
+    assert_same_training(names, ours, nnx_run([_build(optax, n) for n in names]))
+    model = MLP(nnx.Rngs(0))
+    state = nnx.Optimizer(model, fast[0], wrt=nnx.Param).opt_state
+    assert "FusedState" in repr(jax.tree.structure(state))  # the fast path was taken
+
+
 def matrices(params):
     """A mask function of the params: True on leaves with 2 or more axes."""
     return jax.tree.map(lambda x: x.ndim > 1, params)
