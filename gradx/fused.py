@@ -396,7 +396,9 @@ def fused(tx, inplace_min_size: int = DEFAULT_INPLACE_MIN_SIZE) -> GradientTrans
     ``fused_plan``); otherwise ``fused(tx)`` is ``tx``. Updates come back in the params' tree;
     the state is a ``FusedState`` around ``tx``'s state with each params-shaped tree as a
     ``FlatTree`` (``to_reference_state`` / ``from_reference_state`` convert exactly). Updates must have the
-    params' shapes and dtypes (as every rule here assumes).
+    params' shapes and dtypes (as every rule here assumes); their containers may differ from the
+    params' (in ``nnx.Optimizer`` the params sit in ``nnx.Param`` variables and the gradients are
+    plain arrays), and the updates come back in the gradients' structure.
     """
     if inplace_min_size < 1:
         raise ValueError(f"fused: inplace_min_size must be at least 1, got {inplace_min_size}.")
