@@ -12,11 +12,11 @@ buffers are updated in place.
 Numbers are those of the reference path: an elementwise rule traces to the same float
 operations on each element whether the element sits in its own leaf or in a bucket. What XLA
 compiles from them can still differ in the last bit: its algebraic simplifier rewrites scalar
-divisions differently depending on how the step is fused (seen on AdamW: ``m / c1 / d`` becomes
+divisions differently depending on how the step is fused (seen on Adam: ``m / c1 / d`` becomes
 ``m / (c1 · d)`` on a leaf and ``m · (1 / c1) / d`` on a bucket), so Adam's updates may differ
-by a few ulp (up to 3 seen; SGD and Lion came out bit-identical in the same runs). On small trees the two paths
-compile alike and agree bit for bit, which ``tests/test_fused.py`` checks for every named
-optimizer. ``fused`` only takes the flat path when the rule is elementwise and uniform, and
+by a few ulp (up to 3 seen; SGD and Lion came out bit-identical in the same runs). On small
+trees the two paths compile alike and agree bit for bit, which ``tests/test_fused.py`` checks
+for every named optimizer. ``fused`` only takes the flat path when the rule is elementwise and uniform, and
 otherwise runs ``tx`` unchanged (the reference path, same state, same numbers). Before the first
 step it checks, from shapes alone:
 
@@ -53,10 +53,11 @@ shape): numbers and the API are the reference ones, but per-leaf work remains.
 Why it is opt-in: the named optimizers keep Optax's state layout (``state[0].mu['w']``, Optax
 checkpoints, ``memory_report``'s per-path entries), and the bucketed state is a different
 layout. Wrapping every named optimizer in ``fused`` breaks about 60 tests that read the state
-as Optax lays it out; and on the params' tree the gain is modest (AdamW on 750 small leaves
-0.75x Optax's step, SGD and Lion about 1.0x), since cutting the updates back into leaves costs
-a kernel per leaf. The large gains (0.4x the step, 0.15x the compile time) need the params kept
-flat, which is the caller's choice.
+as Optax lays it out; and on the params' tree the gain is modest (on 750 small leaves AdamW
+takes 0.73x Optax's step, SGD-Nesterov 1.06x and Lion 1.33x in ``benchmarks/RESULTS.md``),
+since cutting the updates back into leaves costs a kernel per leaf. The large gains (0.22-0.52x
+the step, 0.13x the compile time at 999 leaves) need the params kept flat, which is the
+caller's choice.
 
 Differs from Optax: Optax has no such path (``optax.flatten`` ravels every leaf into one vector
 each step, which costs a full copy of params, updates and state per step, and changes the
