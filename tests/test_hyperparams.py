@@ -82,6 +82,22 @@ def test_read_state_per_group_and_set_by_group():
     assert float(gradx.read_state(state)["decay/learning_rate"]) == pytest.approx(1e-2)
 
 
+def test_read_and_set_through_the_fast_path_state():
+    """``fused(inject_hyperparams(...))`` keeps its hyperparameters inside a ``FusedState``:
+    read_state and set_hyperparams see through it, and a set value drives the next update."""
+    params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+    grads = jax.tree.map(lambda x: 0.5 * x, params)
+    opt = gradx.fused.fused(gradx.inject_hyperparams(gradx.sgd)(0.1, momentum=0.9))
+    state = opt.init(params)
+    assert isinstance(state, gradx.fused.FusedState)
+    assert float(jax.jit(gradx.read_state)(state)["learning_rate"]) == pytest.approx(0.1)
+    state = gradx.set_hyperparams(state, learning_rate=0.25)
+    assert isinstance(state, gradx.fused.FusedState)
+    updates, state = jax.jit(opt.update)(grads, state, params)
+    np.testing.assert_allclose(updates["w"], -0.25 * 0.5, rtol=1e-7)  # first step: -lr·g
+    assert float(gradx.read_state(state)["learning_rate"]) == 0.25
+
+
 def test_telemetry_norms_equal_independent_computation():
     opt = gradx.with_telemetry(gradx.chain(gradx.clip_by_global_norm(1.0), gradx.sgd(0.1)))
     params = make_params()
