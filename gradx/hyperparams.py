@@ -211,15 +211,6 @@ def register_readable_state(state_cls: type, fields) -> None:
 register_readable_state(TelemetryState, [f for f in TelemetryState._fields if f != "inner_state"])
 
 
-def _one_level(node):
-    """``(children, treedef)`` of a pytree node one level down, or None for a leaf: lets the
-    walks below see through any wrapper state (``gradx.fused``'s, a user's pytree class)."""
-    children, treedef = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
-    if len(children) == 1 and children[0] is node:
-        return None
-    return children, treedef
-
-
 def _named_nodes(state, prefix=()):
     """Yields ``(group_path, node)`` for every injected-hyperparameter or readable node; the
     group path keeps only dict keys (partition labels, named_chain names)."""
@@ -229,7 +220,7 @@ def _named_nodes(state, prefix=()):
     elif isinstance(state, dict):
         for key, value in state.items():
             yield from _named_nodes(value, prefix + (str(key),))
-    elif (split := _one_level(state)) is not None:  # chains, NamedTuples, other wrappers
+    elif (split := tree_utils.one_level(state)) is not None:  # tuples, other wrapper states
         for value in split[0]:
             yield from _named_nodes(value, prefix)
 
@@ -279,7 +270,7 @@ def set_hyperparams(state, **values):
             return node._replace(hyperparams=hyperparams, inner_state=rebuild(node.inner_state, prefix))
         if isinstance(node, dict):
             return type(node)((k, rebuild(v, prefix + (str(k),))) for k, v in node.items())
-        split = _one_level(node)  # chains, NamedTuples, other wrappers; leaves stay
+        split = tree_utils.one_level(node)  # chains, NamedTuples, other wrappers; leaves stay
         return node if split is None else split[1].unflatten([rebuild(v, prefix) for v in split[0]])
 
     new_state = rebuild(state)

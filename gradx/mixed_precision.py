@@ -78,24 +78,17 @@ def _cast_moments(state: Any, moment_dtypes: dict, found: set) -> Any:
             else:
                 fields[name] = _cast_moments(value, moment_dtypes, found)
         return type(state)(**fields)
-    if isinstance(state, (tuple, list)):
-        return type(state)(_cast_moments(v, moment_dtypes, found) for v in state)
-    if isinstance(state, dict):
-        return type(state)((k, _cast_moments(v, moment_dtypes, found)) for k, v in state.items())
-    return state
+    split = tree_utils.one_level(state)  # tuples, lists, dicts, other wrapper states
+    if split is None:
+        return state
+    return split[1].unflatten([_cast_moments(v, moment_dtypes, found) for v in split[0]])
 
 
 def _field_names(state: Any) -> set:
     """Every NamedTuple field name inside ``state``."""
-    names = set()
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
-        names.update(state._fields)
-    if isinstance(state, (tuple, list)):
-        for value in state:
-            names |= _field_names(value)
-    elif isinstance(state, dict):
-        for value in state.values():
-            names |= _field_names(value)
+    names = set(state._fields) if isinstance(state, tuple) and hasattr(state, "_fields") else set()
+    for value in (split[0] if (split := tree_utils.one_level(state)) else ()):
+        names |= _field_names(value)
     return names
 
 

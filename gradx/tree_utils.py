@@ -73,6 +73,16 @@ def flatten_matching(reference: PyTree, others: Sequence[PyTree], names: Sequenc
     return treedef, out
 
 
+def one_level(node: PyTree):
+    """``(children, treedef)`` of a pytree node one level down (``treedef.unflatten`` rebuilds
+    it), or None for a leaf. Walks over optimizer states use it to see through any wrapper
+    state (NamedTuples, ``gradx.fused``'s state, a user's pytree class) without knowing it."""
+    children, treedef = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
+    if len(children) == 1 and children[0] is node:
+        return None
+    return children, treedef
+
+
 def canonicalize_dtype(dtype) -> Optional[np.dtype]:
     """``None`` stays ``None``; float64 becomes float32 unless x64 is enabled."""
     return None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+import gradx
 from gradx.base import NO_PARAMS_MSG
 from gradx.masking import MaskedNode
 from gradx.mixed_precision import MasterWeightsState, stochastic_round, with_master_weights
@@ -114,6 +115,25 @@ def test_moment_dtypes_store_per_moment_and_compute_in_float32():
     assert_trees_close(state.master_params, master, what="master weights")
     assert_trees_close(state.inner_state, oracle_state, what="adam state")
     assert jax.tree.leaves(state.inner_state[0].mu)[0].dtype == jnp.bfloat16
+
+
+def test_moment_dtypes_reach_into_the_fast_path_state():
+    """Around ``gradx.fused(adam)``, whose moments sit in a ``FusedState``: mu is stored in bf16
+    there too, and the steps equal those around the reference adam (same master weights)."""
+    params = make_params(jnp.bfloat16)
+    dtypes = {"mu": jnp.bfloat16}
+    fast = with_master_weights(gradx.fused.fused(gradx.adam(1e-2)), moment_dtypes=dtypes)
+    reference = with_master_weights(gradx.adam(1e-2), moment_dtypes=dtypes)
+    fast_state, ref_state = fast.init(params), reference.init(params)
+    assert isinstance(fast_state.inner_state, gradx.fused.FusedState)
+    assert all(m.dtype == jnp.bfloat16
+               for m in jax.tree.leaves(fast_state.inner_state.inner[0].mu))
+    for step in range(3):
+        g = make_grads(params, step)
+        _, fast_state = jax.jit(fast.update)(g, fast_state, params)
+        _, ref_state = jax.jit(reference.update)(g, ref_state, params)
+    assert_trees_close(fast_state.master_params, ref_state.master_params, rtol=1e-6,
+                       what="master weights")
 
 
 def nbytes(tree):
