@@ -12,7 +12,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradx import checks
+from gradx import checks, tree_utils
 from gradx.base import NO_PARAMS_MSG, GradientTransformation, Params, Updates, safe_increment
 from gradx.linesearch import add_scaled, real_vdot
 from gradx.tree_utils import squared_norm
@@ -138,18 +138,12 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
 def _find_fields(tree: Any, name: str) -> list:
     """Every value stored under the NamedTuple field or dict key ``name`` in a state tree (not
     looking inside the values found)."""
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        if name in tree._fields:
-            return [getattr(tree, name)]
-        children = list(tree)
-    elif isinstance(tree, dict):
-        if name in tree:
-            return [tree[name]]
-        children = list(tree.values())
-    elif isinstance(tree, (list, tuple)):
-        children = list(tree)
-    else:
-        return []
+    if isinstance(tree, tuple) and name in getattr(tree, "_fields", ()):
+        return [getattr(tree, name)]
+    if isinstance(tree, dict) and name in tree:
+        return [tree[name]]
+    split = tree_utils.one_level(tree)  # tuples, lists, dicts, other wrapper states
+    children = [] if split is None else split[0]
     return [found for child in children for found in _find_fields(child, name)]
 
 
