@@ -16,9 +16,9 @@ divisions differently depending on how the step is fused (seen on Adam: ``m / c1
 ``m / (c1 · d)`` on a leaf and ``m · (1 / c1) / d`` on a bucket), so Adam's updates may differ
 by a few ulp (up to 3 seen; SGD and Lion came out bit-identical in the same runs). On small
 trees the two paths compile alike and agree bit for bit, which ``tests/test_fused.py`` checks
-for every named optimizer. ``fused`` only takes the flat path when the rule is elementwise and uniform, and
-otherwise runs ``tx`` unchanged (the reference path, same state, same numbers). Before the first
-step it checks, from shapes alone:
+for every named optimizer. ``fused`` only takes the flat path when the rule is elementwise and
+uniform, and otherwise runs ``tx`` unchanged (the reference path, same state, same numbers).
+Before the first step it checks, from shapes alone:
 
 * the rule is *elementwise* on the buckets: tracing ``tx.update`` on the bucketed tree, every
   operation that touches a bucket is elementwise (no reduction such as a norm, no reshape,
