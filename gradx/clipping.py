@@ -23,12 +23,23 @@ def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
     return leafwise(lambda g: jnp.clip(g, -max_delta, max_delta), EmptyState)
 
 
+def rms_clipped(u: jax.Array, threshold, rms_of: Optional[jax.Array] = None) -> jax.Array:
+    """``u / max(1, rms(rms_of) / threshold)``, with ``rms_of`` the same values as ``u`` (by
+    default ``u`` itself; a rule that can recompute ``u`` from :func:`gradx.tree_utils.separate`
+    inputs passes that, so that ``u`` is not written to memory for the reduction)."""
+    return u / jnp.maximum(1.0, leaf_rms(u if rms_of is None else rms_of) / threshold)
+
+
 def clip_by_block_rms(threshold: jax.typing.ArrayLike) -> GradientTransformation:
     """Per leaf ``u = g / max(1, rms(g) / threshold)``: each leaf's RMS is at most ``threshold``
-    (Adafactor's update clipping, Shazeer & Stern 2018)."""
+    (Adafactor's update clipping, Shazeer & Stern 2018). Same as Optax.
+
+    Fed by another rule, the reduction makes XLA write that rule's output to memory first (a
+    full-size temporary per leaf); ``scale_by_factored_rms(clipping_threshold=...)`` clips
+    within its own pass and avoids it.
+    """
     checks.non_negative("threshold", threshold)
-    return leafwise(lambda g: g / jnp.maximum(1.0, leaf_rms(g) / threshold), EmptyState,
-                    elementwise=False)
+    return leafwise(lambda g: rms_clipped(g, threshold), EmptyState, elementwise=False)
 
 
 def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformation:

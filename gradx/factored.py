@@ -15,7 +15,8 @@ import numpy as np
 from gradx import checks
 from gradx.base import GradientTransformation, Updates
 from gradx.leafwise import Moment, leafwise
-from gradx.tree_utils import abs_sq
+from gradx.clipping import rms_clipped
+from gradx.tree_utils import abs_sq, separate
 
 
 # --------------------------------------------------------------------------------------------
@@ -46,6 +47,11 @@ def _factored_dims(shape, factored: bool, min_dim_size_to_factor: int) -> Option
     return int(order[-2]), int(order[-1])
 
 
+def _scaled(g, scales):
+    """``g`` times each of the broadcastable ``scales`` in turn."""
+    return functools.reduce(lambda u, s: u * s, scales, g)
+
+
 class FactoredState(NamedTuple):
     """Overall state of the gradient transformation."""
 
@@ -62,6 +68,7 @@ def scale_by_factored_rms(
     min_dim_size_to_factor: int = 128,
     epsilon=1e-30,
     decay_rate_fn: Callable = _decay_rate_pow,
+    clipping_threshold: Optional[float] = None,
 ) -> GradientTransformation:
     """Adafactor scaling: divide by the root of a factored estimate of the squared gradients.
 
@@ -74,8 +81,12 @@ def scale_by_factored_rms(
       ``V̂ = R ⊗ C / mean_k(R)`` and ``u = g / √V̂``;
     * any other leaf: ``V ← β·V + (1-β)·G`` and ``u = g / √V``.
 
+    With ``clipping_threshold`` set, ``u`` is then clipped to RMS ``clipping_threshold`` per leaf,
+    exactly as a following ``clip_by_block_rms(clipping_threshold)`` would, but in the same
+    pass: a separate clip makes XLA write every leaf's ``u`` to memory for its reduction.
+
     Defaults: ``factored=True, decay_rate=0.8, step_offset=0, min_dim_size_to_factor=128,
-    epsilon=1e-30``. State ``FactoredState(count, v_row, v_col, v)``; unused slots hold
+    epsilon=1e-30, clipping_threshold=None``. State ``FactoredState(count, v_row, v_col, v)``; unused slots hold
     zeros of shape (1,). Params are required (as in Optax), though only their structure is used.
 
     Reference: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory
@@ -84,11 +95,14 @@ def scale_by_factored_rms(
 
     Differs from Optax: the default ``β`` is computed in the default float dtype, not float32,
     so it is exact under x64 (float64 params get float64-accurate updates); ``decay_rate < 0``,
-    ``epsilon < 0`` and ``min_dim_size_to_factor < 0`` raise ValueError.
+    ``epsilon < 0``, ``min_dim_size_to_factor < 0`` and ``clipping_threshold < 0`` raise
+    ValueError; ``clipping_threshold`` is gradx's (Optax chains ``clip_by_block_rms``).
     """
     checks.non_negative("decay_rate", decay_rate)
     checks.non_negative("epsilon", epsilon)
     checks.non_negative("min_dim_size_to_factor", min_dim_size_to_factor)
+    if clipping_threshold is not None:
+        checks.non_negative("clipping_threshold", clipping_threshold)
 
     def init_stat(axis):
         """Zeros for the statistics of a factored leaf with axis ``dims[axis]`` reduced
@@ -107,19 +121,30 @@ def scale_by_factored_rms(
                Moment("v", init_stat(None)))
 
     def rule(g, _, v_row, v_col, v, *, beta):
-        g_sq = abs_sq(g) + epsilon
         dims = _factored_dims(g.shape, factored, min_dim_size_to_factor)
         if dims is None:
-            v = (beta * v + (1 - beta) * g_sq).astype(v.dtype)
-            return g * v ** -0.5, v_row, v_col, v
-        small, large = dims
-        v_row = (beta * v_row + (1 - beta) * jnp.mean(g_sq, axis=large)).astype(v_row.dtype)
-        v_col = (beta * v_col + (1 - beta) * jnp.mean(g_sq, axis=small)).astype(v_col.dtype)
-        # V̂ = R ⊗ C / mean(R): R lacks the largest axis, so `small` shifts if it came after it.
-        row_mean = jnp.mean(v_row, axis=small - (small > large), keepdims=True)
-        row_factor = jnp.expand_dims((v_row / row_mean) ** -0.5, large)
-        col_factor = jnp.expand_dims(v_col ** -0.5, small)
-        return g * row_factor * col_factor, v_row, v_col, v
+            v = (beta * v + (1 - beta) * (abs_sq(g) + epsilon)).astype(v.dtype)
+            scales = (v ** -0.5,)
+        else:
+            small, large = dims
+            # The column reduction reads separate nodes, so XLA squares g inside each reduction
+            # rather than writing g² + ε to memory for the two.
+            g_again, epsilon_again = separate(g, jnp.asarray(epsilon))
+            row_mean = jnp.mean(abs_sq(g) + epsilon, axis=large)
+            col_mean = jnp.mean(abs_sq(g_again) + epsilon_again, axis=small)
+            v_row = (beta * v_row + (1 - beta) * row_mean).astype(v_row.dtype)
+            v_col = (beta * v_col + (1 - beta) * col_mean).astype(v_col.dtype)
+            # V̂ = R ⊗ C / mean(R): R lacks the largest axis, so `small` shifts if it came after it.
+            r_mean = jnp.mean(v_row, axis=small - (small > large), keepdims=True)
+            scales = (jnp.expand_dims((v_row / r_mean) ** -0.5, large),
+                      jnp.expand_dims(v_col ** -0.5, small))
+        u = _scaled(g, scales)
+        if clipping_threshold is not None:
+            # The RMS is taken of the same values recomputed from separate nodes: u itself is
+            # then never written to memory (one full-size temporary per leaf otherwise).
+            g_again, *scales_again = separate(g, *scales)
+            u = rms_clipped(u, clipping_threshold, rms_of=_scaled(g_again, scales_again))
+        return u, v_row, v_col, v
 
     def step_scalars(count):
         return {"beta": decay_rate_fn(count - 1 - step_offset, decay_rate)}

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from gradx import checks
 from gradx.base import EmptyState, GradientTransformation, Schedule, ScalarOrSchedule, identity
 from gradx.leafwise import leafwise
-from gradx.tree_utils import floored, global_norm, leaf_norm, leaf_rms
+from gradx.tree_utils import global_norm, leaf_norm, leaf_rms
 
 
 class ScaleByScheduleState(NamedTuple):
@@ -78,8 +78,8 @@ def scale_by_trust_ratio(min_norm: jax.typing.ArrayLike = 0.0,
     checks.non_negative("eps", eps)
 
     def rule(g, p):
-        p_norm = floored(leaf_norm, p, min_norm)
-        g_norm = floored(leaf_norm, g, min_norm)
+        p_norm = leaf_norm(p, min_norm)
+        g_norm = leaf_norm(g, min_norm)
         ratio = trust_coefficient * p_norm / (g_norm + eps)
         ratio = jnp.where((p_norm == 0.0) | (g_norm == 0.0), jnp.ones_like(ratio), ratio)
         return g * ratio
@@ -90,7 +90,7 @@ def scale_by_trust_ratio(min_norm: jax.typing.ArrayLike = 0.0,
 def scale_by_param_block_norm(min_scale: jax.typing.ArrayLike = 1e-3) -> GradientTransformation:
     """Per leaf ``u = g · max(‖p‖₂, min_scale)``; needs params; ``EmptyState``. Same as Optax."""
     checks.non_negative("min_scale", min_scale)
-    return leafwise(lambda g, p: g * floored(leaf_norm, p, min_scale), EmptyState,
+    return leafwise(lambda g, p: g * leaf_norm(p, min_scale), EmptyState,
                     needs_params=True, elementwise=False)
 
 
@@ -98,7 +98,7 @@ def scale_by_param_block_rms(min_scale: jax.typing.ArrayLike = 1e-3) -> Gradient
     """Per leaf ``u = g · max(rms(p), min_scale)`` (Adafactor's parameter scale); needs params;
     ``EmptyState``. Same as Optax."""
     checks.non_negative("min_scale", min_scale)
-    return leafwise(lambda g, p: g * floored(leaf_rms, p, min_scale), EmptyState,
+    return leafwise(lambda g, p: g * leaf_rms(p, min_scale), EmptyState,
                     needs_params=True, elementwise=False)
 
 

@@ -117,21 +117,40 @@ def squared_norm(tree: PyTree) -> jax.Array:
     return sum(jnp.sum(abs_sq(x)) for x in leaves)
 
 
-def leaf_norm(x: jax.Array) -> jax.Array:
-    """``‖x‖₂`` over all the elements of one leaf (complex-correct)."""
-    return jnp.sqrt(jnp.sum(abs_sq(x)))
+def leaf_norm(x: jax.Array, floor=0.0) -> jax.Array:
+    """``max(‖x‖₂, floor)`` over all the elements of one leaf (complex-correct; see
+    :func:`floored_sqrt` for the gradient where the norm is below ``floor``)."""
+    return floored_sqrt(jnp.sum(abs_sq(x)), floor)
 
 
-def leaf_rms(x: jax.Array) -> jax.Array:
-    """``sqrt(mean |x|²)`` over all the elements of one leaf."""
-    return jnp.sqrt(jnp.mean(abs_sq(x)))
+def leaf_rms(x: jax.Array, floor=0.0) -> jax.Array:
+    """``max(sqrt(mean |x|²), floor)`` over all the elements of one leaf (see
+    :func:`floored_sqrt`)."""
+    return floored_sqrt(jnp.mean(abs_sq(x)), floor)
 
 
-def floored(stat: Callable[[jax.Array], jax.Array], x: jax.Array, floor) -> jax.Array:
-    """``max(stat(x), floor)`` whose gradient is 0, not NaN, where ``stat(x) <= floor`` (e.g. the
-    norm of an all-zero leaf): ``stat`` is re-evaluated on ones there, as Optax's ``safe_norm``."""
-    small = stat(x) <= floor
-    return jnp.where(small, floor, stat(jnp.where(small, jnp.ones_like(x), x)))
+def separate(*xs):
+    """The same values, as new nodes of XLA's graph (one optimisation barrier around them).
+
+    XLA writes an elementwise intermediate to memory when a reduction shares it with another
+    consumer: a reduction fuses only producers that nothing else reads. A consumer that
+    recomputes its inputs from ``separate(...)`` has an expression of its own, so it fuses its
+    elementwise producers instead, and the full-size intermediate is never written. Values,
+    dtypes and gradients are unchanged; the price is recomputing cheap elementwise operations.
+    """
+    return jax.lax.optimization_barrier(xs)
+
+
+def floored_sqrt(s: jax.Array, floor) -> jax.Array:
+    """``max(√s, floor)`` for a reduced ``s ≥ 0`` (a sum or mean of squares), whose gradient is 0,
+    not NaN, where ``√s <= floor`` (e.g. the norm of an all-zero leaf), as Optax's ``safe_norm``.
+
+    Optax gets the safe gradient by reducing the whole leaf a second time, with ones where the
+    norm is small; a scalar ``where`` on ``s`` gives the same values and gradients without that
+    second pass and its full-size temporary.
+    """
+    small = jnp.sqrt(s) <= floor
+    return jnp.where(small, floor, jnp.sqrt(jnp.where(small, 1.0, s)))
 
 
 def global_norm(tree: PyTree) -> jax.Array:
