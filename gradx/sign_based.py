@@ -50,7 +50,9 @@ def scale_by_lion(b1=0.9, b2=0.99, mu_dtype: Optional[Any] = None, *, mode: str 
     Reference: Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023.
 
     Differences from Optax: an unknown ``mode`` raises at construction (Optax raises on the
-    first update). State: ``ScaleByLionState(count, mu)``.
+    first update). With ``mode='hard'`` the sign goes through a bfloat16 buffer that orders it
+    before the momentum's in-place update (same values), so a donated step does not copy the
+    momentum as Optax's does. State: ``ScaleByLionState(count, mu)``.
     """
     checks.in_range("b1", b1, 0.0, 1.0, high_open=False)
     checks.in_range("b2", b2, 0.0, 1.0)
@@ -64,10 +66,31 @@ def scale_by_lion(b1=0.9, b2=0.99, mu_dtype: Optional[Any] = None, *, mode: str 
     }[mode]
 
     def rule(g, mu):
-        update = direction((1.0 - b1) * g + b1 * mu)
-        return update, (1 - b2) * g + b2 * mu
+        x = (1.0 - b1) * g + b1 * mu
+        new_mu = (1 - b2) * g + b2 * mu
+        if mode == "hard" and not jnp.iscomplexobj(x):
+            return _sign_before_momentum(x, new_mu)
+        return direction(x), new_mu
 
     return leafwise(rule, ScaleByLionState, moments=(Moment("mu", dtype=mu_dtype),))
+
+
+def _sign_before_momentum(x, new_mu):
+    """``(sign(x), new_mu)``, arranged so that a step with donated buffers does not copy ``mu``.
+
+    The caller's parameter update reads the old momentum (through ``sign(x)``) while the new
+    one overwrites it in place. XLA cannot order those two kernels, the parameter update being
+    in the caller's ``apply_updates``, so it copies every leaf's momentum on every donated step
+    (a 418 MB temporary on the 110M-parameter benchmark, in Optax as in a plain rule). Here the
+    sign is written once to a bfloat16 buffer (exact: its values are -1, ±0, 1 and NaN) and the
+    new momentum depends on it through a select that never fires, since a sign is never
+    infinite: XLA computes the sign first, and the parameter update reads the sign instead of
+    the momentum. Values are unchanged; the price is 2 bytes per parameter written and read
+    twice, in place of a 4-byte copy.
+    """
+    sign = jnp.sign(x).astype(jnp.bfloat16)
+    new_mu = jnp.where(jnp.isinf(sign.ravel()[0]), jnp.nan, new_mu) if sign.size else new_mu
+    return sign.astype(x.dtype), new_mu
 
 
 class ScaleByRpropState(NamedTuple):
