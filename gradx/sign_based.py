@@ -92,6 +92,9 @@ def _sign_before_momentum(x, new_mu):
     infinite: XLA computes the sign first, and the parameter update reads the sign instead of
     the momentum. Values are unchanged; the price is 2 bytes per parameter written and read
     twice (elementwise, so it also holds in ``gradx.fused``'s buckets), in place of a 4-byte copy.
+    Without donation there is no copy to save, and the step moves about 20% more bytes than
+    Optax's: donate the params and state (``jax.jit(step, donate_argnums=...)``), as a large
+    model should anyway.
     """
     sign = jnp.sign(x).astype(jnp.bfloat16)
     new_mu = jnp.where(jnp.isinf(sign), jnp.nan, new_mu)
