@@ -1,7 +1,7 @@
 """The Adam family: moment estimates rescaled by a second-moment (or infinity-norm) estimate.
 
 Every rule here is written per leaf, close to its paper's formula, and built with
-:func:`gradx.leafwise`. The per-step scalars (bias corrections ``1 - b^t``, RAdam's rectifier)
+``gradx.leafwise``. The per-step scalars (bias corrections ``1 - b^t``, RAdam's rectifier)
 are computed once per step in ``step_scalars`` from the step number ``t`` (1 on the first update)
 in float32, and cast to each moment's dtype before dividing, as Optax does, so that bfloat16
 moments stay bfloat16 while ``b^t`` is never rounded to 1 in low precision.
@@ -319,7 +319,7 @@ def scale_by_belief(b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, *, nesterov: bo
 
     ``m ← b1·m + (1-b1)·g``, ``s ← b2·s + (1-b2)·|g - m|² + eps_root`` (eps_root is stored in s
     every step), ``u = m̂ / (√ŝ + eps)`` with both moments bias-corrected; ``nesterov`` uses
-    Dozat's look-ahead ``m̂`` as in :func:`scale_by_adam`.
+    Dozat's look-ahead ``m̂`` as in ``scale_by_adam``.
 
     Defaults ``b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16``.
 

@@ -62,7 +62,7 @@ _TMP_PREFIX = ".tmp-"
 
 
 class Restored(NamedTuple):
-    """What :func:`restore` returns: the params, the optimizer state and the saved step."""
+    """What ``restore`` returns: the params, the optimizer state and the saved step."""
 
     params: Any
     opt_state: Any
@@ -165,7 +165,7 @@ def save(path: Union[str, os.PathLike], params: Any, opt_state: Any, *,
          step: Optional[int] = None) -> Path:
     """Saves ``params`` and ``opt_state`` (any pytrees) to the directory ``path``, atomically.
 
-    ``step`` (an int, optional) is stored in the metadata and returned by :func:`restore`.
+    ``step`` (an int, optional) is stored in the metadata and returned by ``restore``.
     The previous checkpoint in ``path``, if any, stays readable until the new one is complete,
     and is then replaced. Returns ``Path(path)``. See the module docstring for the layout.
     """

@@ -1,7 +1,7 @@
 """Memory-saving second moments: Adafactor's factored RMS and SM3's per-axis accumulators.
 
 Both keep, for each leaf, buffers that are *not* shaped like the leaf (row and column
-statistics; one accumulator per axis): per-leaf rules built with :func:`gradx.leafwise`, whose
+statistics; one accumulator per axis): per-leaf rules built with ``gradx.leafwise``, whose
 ``Moment`` initialisers are functions of the parameter leaf.
 """
 

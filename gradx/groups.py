@@ -74,7 +74,7 @@ class PathRules:
     matches gets ``default``, or, when no default is given, a ``ValueError`` lists every such
     path. Usable wherever Optax takes a label tree or mask (``partition``, ``masked``,
     ``add_decayed_weights(mask=...)``, ``adamw(mask=...)``): labels that are bools make it a
-    mask, and :meth:`mask` turns any labels into one.
+    mask, and ``mask`` turns any labels into one.
     """
 
     def __init__(self, rules: Union[Mapping[Pattern, Hashable], Iterable[tuple[Pattern, Hashable]]],
@@ -112,7 +112,7 @@ class PathRules:
 def label_by_path(rules: Union[Mapping[Pattern, Hashable], Iterable[tuple[Pattern, Hashable]]],
                   default: Any = _NO_DEFAULT) -> PathRules:
     """Labels parameters by path: ``rules`` is ``{pattern: label}`` (or ``(pattern, label)``
-    pairs), tried in order, first match wins; see :class:`PathRules`.
+    pairs), tried in order, first match wins; see ``PathRules``.
 
     A pattern is a glob string over the whole ``/``-joined path (``"*/bias"``,
     ``"encoder/*"``; ``*`` crosses ``/``), a compiled regex searched in the path
@@ -254,7 +254,7 @@ def layer_ids(params: Any, *, block_pattern: "re.Pattern[str]" = BLOCK,
 def layer_lr_scales(params: Any, decay: float, **layer_options) -> Any:
     """The factor ``decay ** (num_layers - layer)`` of every leaf (an array over the leading
     axis of stacked leaves, shaped to broadcast against it). ``layer_options``: see
-    :func:`layer_ids`."""
+    ``layer_ids``."""
     ids, top = layer_ids(params, **layer_options)
 
     def scale(i, leaf):
@@ -270,7 +270,7 @@ def layerwise_lr_decay(decay: float, num_layers: Optional[int] = None, *,
                        stacked: Union[Pattern, Sequence[Pattern]] = ()) -> GradientTransformation:
     """Layer-wise learning-rate decay (Clark et al., 2020, ELECTRA; BEiT): multiplies each
     leaf's update by ``decay ** (num_layers - layer)``, the layer read from the path by
-    :func:`layer_ids` (embeddings 0, block ``k`` → ``k + 1``, head ``num_layers``).
+    ``layer_ids`` (embeddings 0, block ``k`` → ``k + 1``, head ``num_layers``).
 
     Put it last in the chain: ``chain(adamw(lr, ...), layerwise_lr_decay(0.75))`` then equals
     PyTorch parameter groups with ``lr = lr * decay ** (num_layers - layer)`` (AdamW's decoupled

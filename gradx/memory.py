@@ -1,6 +1,6 @@
 """How much memory an optimizer state takes, computed from shapes alone.
 
-``memory_report(tx, params)`` traces ``tx.init`` with :func:`jax.eval_shape`, so nothing is
+``memory_report(tx, params)`` traces ``tx.init`` with ``jax.eval_shape``, so nothing is
 allocated: ``params`` may be real arrays or ``jax.ShapeDtypeStruct`` stand-ins for a model far
 larger than the machine. The report gives the state's bytes in total, per parameter leaf, per
 state buffer (``"0/mu"``, ``"0/nu"``, ``"0/count"``, ...), per top-level state entry and, when
@@ -74,9 +74,9 @@ class ParamMemory(NamedTuple):
 
 
 class MemoryReport(NamedTuple):
-    """An optimizer state's memory; see :func:`memory_report`.
+    """An optimizer state's memory; see ``memory_report``.
 
-    ``params``: one :class:`ParamMemory` per parameter leaf, in flattening order.
+    ``params``: one ``ParamMemory`` per parameter leaf, in flattening order.
     ``buffers``: state bytes per buffer, a state leaf's path with the parameter's path removed
     (``"0/mu"``); the shared leaves keep their full path (``"0/count"``).
     ``entries``: state bytes per top-level entry of the state (the first key of each path).
@@ -148,8 +148,8 @@ def memory_report(tx: GradientTransformation, params: Any, *,
 
     ``params``: arrays or ``jax.ShapeDtypeStruct`` leaves (any pytree: dicts, ``FrozenDict``,
     ``nnx.State``). ``labels``: optional group labels, a tree with the params' structure (or a
-    prefix of it) or a function ``params -> labels`` (e.g. :func:`gradx.groups.label_by_path`),
-    to add per-group totals. See :class:`MemoryReport` for what is returned and the module
+    prefix of it) or a function ``params -> labels`` (e.g. ``gradx.groups.label_by_path``),
+    to add per-group totals. See ``MemoryReport`` for what is returned and the module
     docstring for how state leaves are attributed to parameters. Not in Optax.
     """
     state = jax.eval_shape(tx.init, params)

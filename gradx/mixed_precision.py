@@ -37,7 +37,7 @@ def stochastic_round(x: jax.Array, dtype: jax.typing.DTypeLike, key: jax.Array) 
 
 
 def _round_up_below(x: jax.Array, dtype: Any, uniform: jax.Array) -> jax.Array:
-    """:func:`stochastic_round` with the uniform draws in ``[0, 1)`` given: rounds up where
+    """``stochastic_round`` with the uniform draws in ``[0, 1)`` given: rounds up where
     ``uniform < (x - lo) / (hi - lo)``."""
     dtype = jnp.dtype(dtype)
     nearest = x.astype(dtype)
@@ -101,7 +101,7 @@ def with_master_weights(inner: GradientTransformation, master_dtype: Any = jnp.f
     ``u = inner(g as float32, m)``, ``m ← m + u`` (float32) and the returned update is
     ``round(m) - p``, in float32, so ``apply_updates(p, update)`` gives exactly ``round(m)``
     (``round(m) - p`` is exact in float32 whenever the two differ by less than a factor 2¹⁶).
-    ``round`` is to nearest, or :func:`stochastic_round` with ``stochastic_rounding=True`` (the
+    ``round`` is to nearest, or ``stochastic_round`` with ``stochastic_rounding=True`` (the
     key lives in the state and is split every step). Params already in ``master_dtype`` or
     wider need no copy: ``inner`` runs on them directly and their updates pass through.
 

@@ -1,6 +1,6 @@
 """Momentum-style accumulators: heavy-ball ``trace``, debiased ``ema`` and optimistic gradients.
 
-Each is a per-element rule built with :func:`gradx.leafwise`; the accumulators keep their own
+Each is a per-element rule built with ``gradx.leafwise``; the accumulators keep their own
 dtype (``accumulator_dtype``) and the updates keep the gradients' dtype.
 """
 
@@ -69,7 +69,7 @@ def ema(decay, debias: bool = True, accumulator_dtype: Optional[Any] = None
       accumulator_dtype: dtype of ``e`` (default: the params' dtype); float64 becomes float32
         unless x64 is enabled.
 
-    Differs from Optax: the updates keep the gradients' dtype (see :func:`trace`), and
+    Differs from Optax: the updates keep the gradients' dtype (see ``trace``), and
     ``decay=1`` with ``debias=True`` (a division by zero) is rejected at construction.
     """
     checks.in_range("decay", decay, 0.0, 1.0, high_open=debias)

@@ -48,7 +48,7 @@ def monitor(measures: dict[str, Union[GradientTransformation, Callable[[Any], An
     """Stores several measurements of the updates; the updates pass through.
 
     Each measure is a function ``updates -> measurement`` or a transformation whose output
-    updates are the measurement (it keeps its own state, e.g. :func:`measure_with_ema`). Same
+    updates are the measurement (it keeps its own state, e.g. ``measure_with_ema``). Same
     state (``MonitorState(measurements, measure_states)``) and numbers as ``optax.monitor``.
 
     Differs from Optax: ``init`` fills ``measurements`` with zeros of each measurement's shape
@@ -80,7 +80,7 @@ def monitor(measures: dict[str, Union[GradientTransformation, Callable[[Any], An
 def measure_with_ema(measure: Callable[[Any], Any], decay: jax.typing.ArrayLike,
                      debias: bool = True, accumulator_dtype: Optional[Any] = None
                      ) -> GradientTransformationExtraArgs:
-    """A measure for :func:`monitor`: the (debiased) exponential moving average of
+    """A measure for ``monitor``: the (debiased) exponential moving average of
     ``measure(updates)``, ``e ← (1-decay)·m + decay·e``, output ``e / (1 - decay^t)``.
 
     ``chain(stateless(measure), ema(decay, debias, accumulator_dtype))`` as Optax's, with the

@@ -1,7 +1,7 @@
 """Gradient accumulation: average (or sum) the gradients of k micro-batches and run the inner
 optimizer once on the result.
 
-Two faces over one micro-step rule (:func:`_micro_step`):
+Two faces over one micro-step rule (``_micro_step``):
 
 * ``MultiSteps``: Optax's class, same state and numbers;
 * ``accumulate_gradients``: the lean form for training loops: micro-batches weighted by their

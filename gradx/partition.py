@@ -6,7 +6,7 @@ are ``MaskedNode()``, so it allocates no state and computes nothing for them). A
 (``set_to_zero()``) therefore costs no optimizer state at all.
 
 Labels are a tree with the params' structure (or a prefix of it) whose leaves name a group, or a
-function ``params -> labels`` (e.g. :func:`gradx.groups.label_by_path`).
+function ``params -> labels`` (e.g. ``gradx.groups.label_by_path``).
 """
 
 from typing import Any, Callable, Hashable, Mapping, NamedTuple, Union

@@ -1,7 +1,7 @@
 """Second-moment preconditioners: RMSProp (plain and centered), Adagrad and Adadelta.
 
 Each divides the gradient elementwise by a root of a running average (or sum) of its squares,
-written per element and built with :func:`gradx.leafwise`. Second moments use ``|g|²`` so
+written per element and built with ``gradx.leafwise``. Second moments use ``|g|²`` so
 complex parameters work; every moment is kept in the params' dtype, as in Optax.
 """
 
@@ -108,12 +108,12 @@ def scale_by_stddev(decay=0.9, eps=1e-8, initial_scale=0.0, eps_in_sqrt: bool = 
     ``u = g / (√(ν̂ - |μ̂|²) + eps)``; with ``bias_correction`` both moments are divided by
     ``1 - decay^t``, else used as they are.
 
-    Defaults as :func:`scale_by_rms`. State ``ScaleByRStdDevState(mu, nu)``, or
+    Defaults as ``scale_by_rms``. State ``ScaleByRStdDevState(mu, nu)``, or
     ``ScaleByRStdDevWithCountState(count, mu, nu)`` with ``bias_correction``.
 
     Reference: Graves, "Generating Sequences With Recurrent Neural Networks", 2013, eq. 38-45.
 
-    Differs from Optax only in validation, as :func:`scale_by_rms`.
+    Differs from Optax only in validation, as ``scale_by_rms``.
     """
     _check_rms_args(decay, eps, initial_scale, bias_correction)
 

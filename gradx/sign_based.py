@@ -2,7 +2,7 @@
 
 ``scale_by_sign`` (signSGD), ``scale_by_lion`` (Lion and its smooth/refined variants) and
 ``scale_by_rprop`` (resilient backpropagation), each a per-leaf rule built with
-:func:`gradx.leafwise`.
+``gradx.leafwise``.
 """
 
 from typing import Any, NamedTuple, Optional

@@ -119,13 +119,13 @@ def squared_norm(tree: PyTree) -> jax.Array:
 
 def leaf_norm(x: jax.Array, floor=0.0) -> jax.Array:
     """``max(‖x‖₂, floor)`` over all the elements of one leaf (complex-correct; see
-    :func:`floored_sqrt` for the gradient where the norm is below ``floor``)."""
+    ``floored_sqrt`` for the gradient where the norm is below ``floor``)."""
     return floored_sqrt(jnp.sum(abs_sq(x)), floor)
 
 
 def leaf_rms(x: jax.Array, floor=0.0) -> jax.Array:
     """``max(sqrt(mean |x|²), floor)`` over all the elements of one leaf (see
-    :func:`floored_sqrt`)."""
+    ``floored_sqrt``)."""
     return floored_sqrt(jnp.mean(abs_sq(x)), floor)
 
 

@@ -2,7 +2,7 @@
 (``apply_if_finite``), only at some steps (``conditionally_transform``, ``conditionally_mask``),
 on one flat vector (``flatten``), or with slow and fast weights (``lookahead``).
 
-Every conditional wrapper goes through :func:`cond_update`: the inner update runs under
+Every conditional wrapper goes through ``cond_update``: the inner update runs under
 ``lax.cond`` only when its predicate holds, so a skipped step costs nothing and leaves the
 inner state bit-identical.
 """
@@ -142,7 +142,7 @@ def conditionally_transform(inner: GradientTransformation, should_transform_fn: 
 
 def conditionally_mask(inner: GradientTransformation, should_transform_fn: ConditionFn,
                        forward_extra_args: bool = False) -> GradientTransformationExtraArgs:
-    """Like :func:`conditionally_transform`, but the updates are zeroed at rejected steps.
+    """Like ``conditionally_transform``, but the updates are zeroed at rejected steps.
 
     State ``ConditionallyMaskState(step, inner_state)`` (field order as Optax's).
     """
