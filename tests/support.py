@@ -115,3 +115,19 @@ def assert_same_state_class(ours, theirs, name):
     assert type(a).__name__ == type(b).__name__ == name
     assert a._fields == b._fields
     assert getattr(gradx, name)._fields == a._fields
+
+
+def donated_temporaries(make_tx, lib, shape=(512, 384)):
+    """Bytes of temporaries XLA allocates for one donated step (``update`` and ``apply_updates``
+    in one jit) of ``make_tx(lib)`` on a single float32 leaf of ``shape``; also that leaf's size.
+    A rule whose reductions or in-place updates make XLA write a full-size intermediate shows it
+    here (``compiled.memory_analysis()``)."""
+    params = {"w": jnp.full(shape, 0.02, jnp.float32)}
+    tx = make_tx(lib)
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return lib.apply_updates(params, updates), state
+
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), params).compile()
+    return compiled.memory_analysis().temp_size_in_bytes, 4 * int(np.prod(shape))

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import gradx
-from support import assert_trees_close, compare, make_grads, make_params
+from support import assert_trees_close, compare, donated_temporaries, make_grads, make_params
 
 
 def params_without_scalar():
@@ -65,22 +65,10 @@ def test_global_norm_clip_hand_worked_and_within_an_ulp_of_optax():
 def test_global_norm_clip_adds_no_full_size_temporary():
     """The clip fuses into AdamW's kernels (Optax's per-element division materialises the whole
     clipped tree): a donated step needs no temporary the size of the gradients."""
-    params = {"w": jnp.ones((512, 512))}
-
-    def temporaries(lib):
-        tx = lib.chain(lib.clip_by_global_norm(1.0), lib.adamw(1e-3))
-
-        def step(params, state, grads):
-            updates, state = tx.update(grads, state, params)
-            return lib.apply_updates(params, updates), state
-
-        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-            params, tx.init(params), params).compile()
-        return compiled.memory_analysis().temp_size_in_bytes
-
-    leaf_bytes = 512 * 512 * 4
-    assert temporaries(optax) >= leaf_bytes  # the oracle shows the problem the test guards
-    assert temporaries(gradx) < leaf_bytes // 8
+    make = lambda lib: lib.chain(lib.clip_by_global_norm(1.0), lib.adamw(1e-3))  # noqa: E731
+    theirs, leaf_bytes = donated_temporaries(make, optax, shape=(512, 512))
+    assert theirs >= leaf_bytes  # the oracle shows the problem the test guards
+    assert donated_temporaries(make, gradx, shape=(512, 512))[0] < leaf_bytes // 8
 
 
 @pytest.mark.parametrize("shape, axis", [((), None), ((4,), None), ((1, 4), None), ((3, 4), None),

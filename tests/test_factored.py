@@ -8,7 +8,8 @@ import optax
 import pytest
 
 import gradx
-from support import assert_trees_close, compare, compare_bf16, make_grads, make_params, run
+from support import (assert_trees_close, compare, compare_bf16, donated_temporaries, make_grads,
+                     make_params, run)
 
 
 def big_params():
@@ -251,19 +252,7 @@ def test_adafactor_equals_optax_bit_for_bit_on_large_leaves():
 def test_adafactor_step_writes_no_full_size_temporary():
     """Optax's chain writes g²+ε, the update and a masked copy of the params to memory for its
     reductions; a donated gradx step needs less than an eighth of one leaf."""
-    params = {"w": jnp.ones((512, 384)) * 0.02}
-
-    def temporaries(lib):
-        tx = lib.adafactor(1e-2)
-
-        def step(params, state, grads):
-            updates, state = tx.update(grads, state, params)
-            return lib.apply_updates(params, updates), state
-
-        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-            params, tx.init(params), params).compile()
-        return compiled.memory_analysis().temp_size_in_bytes
-
-    leaf_bytes = 512 * 384 * 4
-    assert temporaries(optax) >= leaf_bytes  # the oracle shows the problem the test guards
-    assert temporaries(gradx) < leaf_bytes // 8
+    make = lambda lib: lib.adafactor(1e-2)  # noqa: E731
+    theirs, leaf_bytes = donated_temporaries(make, optax)
+    assert theirs >= leaf_bytes  # the oracle shows the problem the test guards
+    assert donated_temporaries(make, gradx)[0] < leaf_bytes // 8

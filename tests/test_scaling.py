@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import gradx
-from support import assert_trees_close, compare, make_params
+from support import assert_trees_close, compare, donated_temporaries, make_params
 
 
 def schedule(count):
@@ -140,19 +140,7 @@ def test_floored_norms_reduce_each_leaf_once():
     """Optax's safe norm reduces every leaf a second time over a masked copy (a full-size
     temporary); gradx masks the reduced scalar: a donated LARS step (trust ratio on ‖p‖ and
     ‖g‖) needs less than an eighth of one leaf in temporaries."""
-    params = {"w": jnp.ones((512, 384)) * 0.02}
-
-    def temporaries(lib):
-        tx = lib.lars(1e-3)
-
-        def step(params, state, grads):
-            updates, state = tx.update(grads, state, params)
-            return lib.apply_updates(params, updates), state
-
-        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-            params, tx.init(params), params).compile()
-        return compiled.memory_analysis().temp_size_in_bytes
-
-    leaf_bytes = 512 * 384 * 4
-    assert temporaries(optax) >= leaf_bytes  # the oracle shows the problem the test guards
-    assert temporaries(gradx) < leaf_bytes // 8
+    make = lambda lib: lib.lars(1e-3)  # noqa: E731
+    theirs, leaf_bytes = donated_temporaries(make, optax)
+    assert theirs >= leaf_bytes  # the oracle shows the problem the test guards
+    assert donated_temporaries(make, gradx)[0] < leaf_bytes // 8
