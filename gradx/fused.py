@@ -45,7 +45,8 @@ give each leaf its own kernel, and compile time grows by seconds per thousand le
 
 Fastest use: keep the params flat from step to step (``flatten_params`` once,
 ``unflatten_params`` inside the loss, so gradients come back flat too). ``fused(tx).update``
-then takes and returns ``FlatTree``s with no conversion, and ``apply_updates`` runs a few kernels instead of one per leaf. Given the
+then takes and returns ``FlatTree``s with no conversion, and ``apply_updates`` runs a few
+kernels instead of one per leaf. Given the
 params' tree instead, each step packs the gradients and params (one concatenation per bucket)
 and cuts the updates back into leaves (one small kernel per leaf, shared by the leaves of one
 shape): numbers and the API are the reference ones, but per-leaf work remains.
@@ -54,10 +55,10 @@ Why it is opt-in: the named optimizers keep Optax's state layout (``state[0].mu[
 checkpoints, ``memory_report``'s per-path entries), and the bucketed state is a different
 layout. Wrapping every named optimizer in ``fused`` breaks about 60 tests that read the state
 as Optax lays it out; and on the params' tree the gain is modest (on 750 small leaves AdamW
-takes 0.73x Optax's step, SGD-Nesterov 1.06x and Lion 1.33x in ``benchmarks/RESULTS.md``),
-since cutting the updates back into leaves costs a kernel per leaf. The large gains (0.22-0.52x
-the step, 0.13x the compile time at 999 leaves) need the params kept flat, which is the
-caller's choice.
+takes 0.73-0.89x Optax's step, SGD-Nesterov 1.06-1.16x and Lion 0.99-1.33x over the last two
+runs in ``benchmarks/RESULTS.md``), since cutting the updates back into leaves costs a kernel
+per leaf. The large gains (0.22-0.55x the step, 0.13-0.22x the compile time at 999 leaves)
+need the params kept flat, which is the caller's choice.
 
 Differs from Optax: Optax has no such path (``optax.flatten`` ravels every leaf into one vector
 each step, which costs a full copy of params, updates and state per step, and changes the
