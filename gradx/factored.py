@@ -86,8 +86,9 @@ def scale_by_factored_rms(
     pass: a separate clip makes XLA write every leaf's ``u`` to memory for its reduction.
 
     Defaults: ``factored=True, decay_rate=0.8, step_offset=0, min_dim_size_to_factor=128,
-    epsilon=1e-30, clipping_threshold=None``. State ``FactoredState(count, v_row, v_col, v)``; unused slots hold
-    zeros of shape (1,). Params are required (as in Optax), though only their structure is used.
+    epsilon=1e-30, clipping_threshold=None``. State ``FactoredState(count, v_row, v_col, v)``;
+    unused slots hold zeros of shape (1,). Params are required (as in Optax), though only their
+    structure is used.
 
     Reference: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory
     Cost", ICML 2018, Algorithm 4; Zhai et al., "Scaling Vision Transformers", 2021 (capped

@@ -4,7 +4,7 @@ offending path, typed tree constructors, casts, and norms and statistics of one 
 Paths are written as the keys from the root joined by ``/`` (``"encoder/layers_0/kernel"``).
 """
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
