@@ -29,43 +29,27 @@ Hyper Read(ffi::Buffer<ffi::F32> scalars, float b1, float b2, float eps, float w
   return {b1, b2, eps, wd, s[0], s[1], s[2]};
 }
 
-// The outputs alias the inputs (in place): the loops read and write through the output pointers
-// only, and distinct arrays never overlap (__restrict), so the compiler vectorises them.
-ffi::Error Apply(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32>,
-                 ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32> scalars,
-                 ffi::ResultBuffer<ffi::F32> p_out, ffi::ResultBuffer<ffi::F32> m_out,
-                 ffi::ResultBuffer<ffi::F32> v_out, float b1, float b2, float eps, float wd) {
+// The outputs alias the inputs (in place): the loop reads and writes through the output pointers
+// only, and distinct arrays never overlap (__restrict), so the compiler vectorises it. kApply:
+// the first output is the params, updated in place; otherwise it is the update, written out.
+template <bool kApply>
+ffi::Error Run(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32>,
+               ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32> scalars,
+               ffi::ResultBuffer<ffi::F32> first_out, ffi::ResultBuffer<ffi::F32> m_out,
+               ffi::ResultBuffer<ffi::F32> v_out, float b1, float b2, float eps, float wd) {
   const Hyper h = Read(scalars, b1, b2, eps, wd);
   const int64_t n = p.element_count();
   const float* __restrict gp = g.typed_data();
-  float* __restrict pp = p_out->typed_data();
+  const float* __restrict pp = p.typed_data();  // read only without kApply (else it is out)
+  float* __restrict out = first_out->typed_data();
   float* __restrict mp = m_out->typed_data();
   float* __restrict vp = v_out->typed_data();
 #pragma omp parallel for simd schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) {
     float m = mp[i], v = vp[i];
-    pp[i] += Step(h, gp[i], pp[i], m, v);
-    mp[i] = m;
-    vp[i] = v;
-  }
-  return ffi::Error::Success();
-}
-
-ffi::Error Update(ffi::Buffer<ffi::F32> p, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32>,
-                  ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32> scalars,
-                  ffi::ResultBuffer<ffi::F32> u_out, ffi::ResultBuffer<ffi::F32> m_out,
-                  ffi::ResultBuffer<ffi::F32> v_out, float b1, float b2, float eps, float wd) {
-  const Hyper h = Read(scalars, b1, b2, eps, wd);
-  const int64_t n = p.element_count();
-  const float* __restrict gp = g.typed_data();
-  const float* __restrict pp = p.typed_data();
-  float* __restrict up = u_out->typed_data();
-  float* __restrict mp = m_out->typed_data();
-  float* __restrict vp = v_out->typed_data();
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) {
-    float m = mp[i], v = vp[i];
-    up[i] = Step(h, gp[i], pp[i], m, v);
+    const float param = kApply ? out[i] : pp[i];
+    const float u = Step(h, gp[i], param, m, v);
+    out[i] = kApply ? param + u : u;
     mp[i] = m;
     vp[i] = v;
   }
@@ -84,5 +68,5 @@ auto Binding() {
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GradxAdamw, Apply, Binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GradxAdamwUpdate, Update, Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GradxAdamw, Run<true>, Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GradxAdamwUpdate, Run<false>, Binding());
