@@ -47,9 +47,14 @@ def _factored_dims(shape, factored: bool, min_dim_size_to_factor: int) -> Option
     return int(order[-2]), int(order[-1])
 
 
-def _scaled(g, scales):
-    """``g`` times each of the broadcastable ``scales`` in turn."""
-    return functools.reduce(lambda u, s: u * s, scales, g)
+def _by_full_moment(g, v):
+    """The update of a leaf that is not factored: ``g / √V``."""
+    return g * v ** -0.5
+
+
+def _by_factors(g, row_factor, col_factor):
+    """The update of a factored leaf: ``g`` times the broadcast factors of ``1 / √V̂``."""
+    return g * row_factor * col_factor
 
 
 class FactoredState(NamedTuple):
@@ -125,7 +130,7 @@ def scale_by_factored_rms(
         dims = _factored_dims(g.shape, factored, min_dim_size_to_factor)
         if dims is None:
             v = (beta * v + (1 - beta) * (abs_sq(g) + epsilon)).astype(v.dtype)
-            scales = (v ** -0.5,)
+            direction, stats = _by_full_moment, (v,)
         else:
             small, large = dims
             # The column reduction reads separate nodes, so XLA squares g inside each reduction
@@ -137,14 +142,14 @@ def scale_by_factored_rms(
             v_col = (beta * v_col + (1 - beta) * col_mean).astype(v_col.dtype)
             # V̂ = R ⊗ C / mean(R): R lacks the largest axis, so `small` shifts if it came after it.
             r_mean = jnp.mean(v_row, axis=small - (small > large), keepdims=True)
-            scales = (jnp.expand_dims((v_row / r_mean) ** -0.5, large),
-                      jnp.expand_dims(v_col ** -0.5, small))
-        u = _scaled(g, scales)
+            direction = _by_factors
+            stats = (jnp.expand_dims((v_row / r_mean) ** -0.5, large),
+                     jnp.expand_dims(v_col ** -0.5, small))
+        u = direction(g, *stats)
         if clipping_threshold is not None:
-            # The RMS is taken of the same values recomputed from separate nodes: u itself is
-            # then never written to memory (one full-size temporary per leaf otherwise).
-            g_again, *scales_again = separate(g, *scales)
-            u = rms_clipped(u, clipping_threshold, rms_of=_scaled(g_again, scales_again))
+            # The RMS is taken of the same values recomputed from separate nodes (the gradient
+            # and the moment or its small factors): u is then never written to memory.
+            u = rms_clipped(u, clipping_threshold, rms_of=direction(*separate(g, *stats)))
         return u, v_row, v_col, v
 
     def step_scalars(count):
