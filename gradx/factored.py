@@ -47,9 +47,11 @@ def _factored_dims(shape, factored: bool, min_dim_size_to_factor: int) -> Option
     return int(order[-2]), int(order[-1])
 
 
-def _by_full_moment(g, v):
-    """The update of a leaf that is not factored: ``g / √V``."""
-    return g * v ** -0.5
+def _by_full_moment(g, v, power):
+    """The update of a leaf that is not factored: ``g · V^power`` (``power = -0.5``, an input so
+    that a recomputation from ``separate`` inputs has its own: XLA writes a broadcast constant
+    that two reductions share to memory)."""
+    return g * v ** power
 
 
 def _by_factors(g, row_factor, col_factor):
@@ -130,7 +132,7 @@ def scale_by_factored_rms(
         dims = _factored_dims(g.shape, factored, min_dim_size_to_factor)
         if dims is None:
             v = (beta * v + (1 - beta) * (abs_sq(g) + epsilon)).astype(v.dtype)
-            direction, stats = _by_full_moment, (v,)
+            direction, stats = _by_full_moment, (v, jnp.asarray(-0.5))
         else:
             small, large = dims
             # The column reduction reads separate nodes, so XLA squares g inside each reduction

@@ -249,10 +249,11 @@ def test_adafactor_equals_optax_bit_for_bit_on_large_leaves():
     compare(gradx.adafactor(1e-2), optax.adafactor(1e-2), params=params, n_steps=3, rtol=0, atol=0)
 
 
-def test_adafactor_step_writes_no_full_size_temporary():
-    """Optax's chain writes g²+ε, the update and a masked copy of the params to memory for its
-    reductions; a donated gradx step needs less than an eighth of one leaf."""
-    make = lambda lib: lib.adafactor(1e-2)  # noqa: E731
+@pytest.mark.parametrize("factored", [True, False])
+def test_adafactor_step_writes_no_full_size_temporary(factored):
+    """Optax's chain writes g²+ε (factored), the update and a masked copy of the params to memory
+    for its reductions; a donated gradx step needs less than an eighth of one leaf."""
+    make = lambda lib: lib.adafactor(1e-2, factored=factored)  # noqa: E731
     theirs, leaf_bytes = donated_temporaries(make, optax)
     assert theirs >= leaf_bytes  # the oracle shows the problem the test guards
     assert donated_temporaries(make, gradx)[0] < leaf_bytes // 8
