@@ -11,6 +11,7 @@ import torch
 
 import gradx
 import gradx.torch_compat as tc
+from support import donated_temporaries
 from torch_compat_support import (TorchRun, assert_close, assert_trajectories, make_grads,
                                   make_params, run_gradx)
 
@@ -251,3 +252,12 @@ def test_clipping_bad_input():
         tc.clip_grad_norm(-1.0)
     with pytest.raises(ValueError, match="Invalid clip_value value: clip_value must be >= 0"):
         tc.clip_grad_value(-1.0)
+
+
+@pytest.mark.parametrize("shape", [(512, 384), (512 * 384,)])
+def test_adafactor_step_writes_no_full_size_temporary(shape):
+    """Adafactor's update is reduced (its RMS) and returned: computed once and shared, XLA writes
+    it to memory for the reduction, a temporary the size of the leaf. The RMS is taken of the same
+    values recomputed from separate nodes instead; a donated step needs under 1/8 of a leaf."""
+    temporaries, leaf_bytes = donated_temporaries(lambda _: tc.adafactor(), gradx, shape=shape)
+    assert temporaries < leaf_bytes // 8

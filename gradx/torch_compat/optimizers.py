@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from gradx import checks
 from gradx.base import GradientTransformation, ScalarOrSchedule
 from gradx.leafwise import Moment, leafwise
+from gradx.tree_utils import separate
 from gradx.torch_compat._common import at, check, one_minus_pow, pow_
 
 # ---------------------------------------------------------------------------------------------
@@ -554,6 +555,12 @@ def asgd_averaged_params(state: Any) -> Any:
     return found[0].ax
 
 
+def _adafactor_direction(g, floor, *stats):
+    """``g / √max(V, floor)`` with ``V = R·C / m`` from ``stats = (R, C, m)`` or ``V`` itself."""
+    estimate = stats[0] * stats[1] / stats[2] if len(stats) == 3 else stats[0]
+    return g * jax.lax.rsqrt(jnp.maximum(estimate, floor))
+
+
 def adafactor(lr: ScalarOrSchedule = 1e-2, beta2_decay: float = -0.8, eps: tuple = (None, 1e-3),
               d: float = 1.0, weight_decay: float = 0.0, *, maximize: bool = False
               ) -> GradientTransformation:
@@ -585,14 +592,20 @@ def adafactor(lr: ScalarOrSchedule = 1e-2, beta2_decay: float = -0.8, eps: tuple
         alpha = jnp.maximum(eps2, jnp.sqrt(jnp.mean(p * p))) * rho
         e1 = jnp.finfo(p.dtype).eps if eps1 is None else eps1
         if p.ndim > 1:
+            # The column statistics and the update's RMS reduce over values recomputed from
+            # separate nodes, so XLA writes neither g² nor the update to memory.
+            g_again, = separate(g)
             row = _lerp(row, jnp.mean(g * g, axis=-1, keepdims=True), beta_t)
-            col = _lerp(col, jnp.mean(g * g, axis=-2, keepdims=True), beta_t)
-            estimate = (row @ col) / jnp.maximum(jnp.mean(row, axis=-2, keepdims=True), e1)
+            col = _lerp(col, jnp.mean(g_again * g_again, axis=-2, keepdims=True), beta_t)
+            # row @ col of shapes (..., m, 1) and (..., 1, n) is their broadcast product.
+            stats = (row, col, jnp.maximum(jnp.mean(row, axis=-2, keepdims=True), e1))
         else:
             var = _lerp(var, g * g, beta_t)
-            estimate = var
-        direction = g * jax.lax.rsqrt(jnp.maximum(estimate, e1 * e1))
-        denom = jnp.maximum(1.0, jnp.sqrt(jnp.mean(direction * direction)) / d)
+            stats = (var,)
+        floor = jnp.asarray(e1 * e1)
+        direction = _adafactor_direction(g, floor, *stats)
+        again = _adafactor_direction(*separate(g, floor, *stats))
+        denom = jnp.maximum(1.0, jnp.sqrt(jnp.mean(again * again)) / d)
         u = -(alpha / denom) * direction
         if weight_decay:
             u = u - lr * weight_decay * p
