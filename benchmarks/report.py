@@ -37,16 +37,16 @@ def step_table(rows):
 
 
 def memory_table(rows):
-    lines = ["| regime | recipe | library | arguments MB | outputs MB | aliased MB | temporaries MB |",
+    lines = ["| regime | recipe | library | arguments MiB | outputs MiB | aliased MiB | temporaries MiB |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
         for lib, m in (row.get("memory") or {}).items():
             if not m:
                 continue
-            mb = lambda k: f"{m.get(k, 0) / 2**20:.1f}"  # noqa: E731
-            lines.append(f"| {row['regime']} | {row['recipe']} | {lib} | {mb('argument_size_in_bytes')} | "
-                         f"{mb('output_size_in_bytes')} | {mb('alias_size_in_bytes')} | "
-                         f"{mb('temp_size_in_bytes')} |")
+            mib = lambda k: f"{m.get(k, 0) / 2**20:.1f}"  # noqa: E731
+            lines.append(f"| {row['regime']} | {row['recipe']} | {lib} | {mib('argument_size_in_bytes')} | "
+                         f"{mib('output_size_in_bytes')} | {mib('alias_size_in_bytes')} | "
+                         f"{mib('temp_size_in_bytes')} |")
     return "\n".join(lines)
 
 

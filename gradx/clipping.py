@@ -52,7 +52,7 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformatio
     ``clip_grad_norm_`` does) where Optax divides every element by ``‖g‖`` and then multiplies
     by ``max_norm``; clipped values may differ from Optax's in the last bit. A per-element
     division is an expensive operation that XLA will not repeat in each consumer, so Optax's
-    form materialises the whole clipped tree (a full-size temporary: 418 MB on the 110M-parameter
+    form materialises the whole clipped tree (a full-size temporary: 418 MiB on the 110M-parameter
     benchmark, and a slower step with donated buffers); a scalar multiplication fuses into the
     next rule's kernels.
     """

@@ -86,7 +86,7 @@ def _sign_before_momentum(x, new_mu):
     The caller's parameter update reads the old momentum (through ``sign(x)``) while the new
     one overwrites it in place. XLA cannot order those two kernels, the parameter update being
     in the caller's ``apply_updates``, so it copies every leaf's momentum on every donated step
-    (a 418 MB temporary on the 110M-parameter benchmark, in Optax as in a plain rule). Here the
+    (a 418 MiB temporary on the 110M-parameter benchmark, in Optax as in a plain rule). Here the
     sign is written once to a bfloat16 buffer (exact: its values are -1, ±0, 1 and NaN) and the
     new momentum depends on it through a select that never fires, since a sign is never
     infinite: XLA computes the sign first, and the parameter update reads the sign instead of
