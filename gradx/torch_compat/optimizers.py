@@ -555,10 +555,15 @@ def asgd_averaged_params(state: Any) -> Any:
     return found[0].ax
 
 
-def _adafactor_direction(g, floor, *stats):
-    """``g / √max(V, floor)`` with ``V = R·C / m`` from ``stats = (R, C, m)`` or ``V`` itself."""
-    estimate = stats[0] * stats[1] / stats[2] if len(stats) == 3 else stats[0]
-    return g * jax.lax.rsqrt(jnp.maximum(estimate, floor))
+def _adafactor_by_moment(g, floor, variance):
+    """Adafactor's update of a vector leaf: ``g / √max(V, floor)``."""
+    return g * jax.lax.rsqrt(jnp.maximum(variance, floor))
+
+
+def _adafactor_by_factors(g, floor, row, col, row_mean):
+    """Adafactor's update of a factored leaf: ``V = R·C / m`` (torch's ``row @ col``, shapes
+    ``(..., m, 1)`` and ``(..., 1, n)``, is their broadcast product), then as a vector leaf."""
+    return _adafactor_by_moment(g, floor, row * col / row_mean)
 
 
 def adafactor(lr: ScalarOrSchedule = 1e-2, beta2_decay: float = -0.8, eps: tuple = (None, 1e-3),
@@ -597,14 +602,14 @@ def adafactor(lr: ScalarOrSchedule = 1e-2, beta2_decay: float = -0.8, eps: tuple
             g_again, = separate(g)
             row = _lerp(row, jnp.mean(g * g, axis=-1, keepdims=True), beta_t)
             col = _lerp(col, jnp.mean(g_again * g_again, axis=-2, keepdims=True), beta_t)
-            # row @ col of shapes (..., m, 1) and (..., 1, n) is their broadcast product.
-            stats = (row, col, jnp.maximum(jnp.mean(row, axis=-2, keepdims=True), e1))
+            by, stats = _adafactor_by_factors, (
+                row, col, jnp.maximum(jnp.mean(row, axis=-2, keepdims=True), e1))
         else:
             var = _lerp(var, g * g, beta_t)
-            stats = (var,)
+            by, stats = _adafactor_by_moment, (var,)
         floor = jnp.asarray(e1 * e1)
-        direction = _adafactor_direction(g, floor, *stats)
-        again = _adafactor_direction(*separate(g, floor, *stats))
+        direction = by(g, floor, *stats)
+        again = by(*separate(g, floor, *stats))
         denom = jnp.maximum(1.0, jnp.sqrt(jnp.mean(again * again)) / d)
         u = -(alpha / denom) * direction
         if weight_decay:
