@@ -4,12 +4,12 @@
 adds. Every public name is re-exported here from the module that defines it.
 """
 
-from gradx import checks, tree_utils
+from gradx import checks, plumbing
 from gradx.base import *  # noqa: F401,F403
 from gradx.combine import chain, named_chain
 from gradx.leafwise import Moment, leafwise
 from gradx.masking import MaskedNode, MaskedState, masked
-from gradx.tree_utils import global_norm
+from gradx.plumbing import global_norm
 from gradx.updates import apply_updates, incremental_update, periodic_update
 
 from gradx.adam_family import *  # noqa: F401,F403

@@ -5,7 +5,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradx import checks, tree_utils
+from gradx import checks, plumbing
 from gradx.base import GradientTransformation, safe_increment
 from gradx.leafwise import Moment, leafwise
 
@@ -40,7 +40,7 @@ def apply_every(k: int = 1) -> GradientTransformation:
                      step_inputs=("state",), step_scalars=window)
 
     def init(params):
-        return ApplyEvery(count=jnp.zeros([], jnp.int32), grad_acc=tree_utils.zeros_like(params))
+        return ApplyEvery(count=jnp.zeros([], jnp.int32), grad_acc=plumbing.zeros_like(params))
 
     def update(updates, state, params=None):
         del params

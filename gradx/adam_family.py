@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from gradx import checks, tree_utils
+from gradx import checks, plumbing
 from gradx.base import GradientTransformation, safe_increment
 from gradx.leafwise import Moment, debias_factor, leafwise
 
@@ -46,7 +46,7 @@ def _elem_norm(g, order):
     if jnp.isrealobj(g):
         return g ** order
     half = order / 2
-    return tree_utils.abs_sq(g) ** (int(half) if float(half).is_integer() else half)
+    return plumbing.abs_sq(g) ** (int(half) if float(half).is_integer() else half)
 
 
 def _ema_norm(g, m, decay, order=2):
@@ -199,7 +199,7 @@ def scale_by_adam(b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0,
     """
     _check_betas(b1=b1, b2=b2)
     _check_non_negative(eps=eps, eps_root=eps_root)
-    mu_dtype = tree_utils.canonicalize_dtype(mu_dtype)
+    mu_dtype = plumbing.canonicalize_dtype(mu_dtype)
 
     def rule(g, mu, nu, *, bc1, bc2, bc1_next=None):
         mu = _ema(g, mu, b1)
@@ -233,7 +233,7 @@ def scale_by_amsgrad(b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0,
     """
     _check_betas(b1=b1, b2=b2)
     _check_non_negative(eps=eps, eps_root=eps_root)
-    mu_dtype = tree_utils.canonicalize_dtype(mu_dtype)
+    mu_dtype = plumbing.canonicalize_dtype(mu_dtype)
 
     def step_scalars(count):
         one = jnp.ones([], jnp.float32)  # x / 1 is exact: no correction
@@ -400,7 +400,7 @@ def scale_by_yogi(b1=0.9, b2=0.999, eps=1e-3, eps_root=0.0, initial_accumulator_
 
     def rule(g, mu, nu, *, bc1, bc2):
         mu = _ema(g, mu, b1)
-        g2 = tree_utils.abs_sq(g)
+        g2 = plumbing.abs_sq(g)
         nu = nu - (1 - b2) * jnp.sign(nu - g2) * g2
         return _debias(mu, bc1) / (jnp.sqrt(_debias(nu, bc2) + eps_root) + eps), mu, nu
 
@@ -430,7 +430,7 @@ def scale_by_novograd(b1=0.9, b2=0.25, eps=1e-8, eps_root=0.0, weight_decay=0.0,
     checks.in_range("b1", b1, 0.0, 1.0)
     checks.in_range("b2", b2, 0.0, 1.0, high_open=False)
     _check_non_negative(eps=eps, eps_root=eps_root)
-    mu_dtype = tree_utils.canonicalize_dtype(mu_dtype)
+    mu_dtype = plumbing.canonicalize_dtype(mu_dtype)
 
     def rule(g, p, mu, nu, *, first):
         sq_norm = jnp.linalg.norm(g) ** 2  # ‖g‖², rounded as Optax rounds it

@@ -53,7 +53,7 @@ import jax
 import numpy as np
 
 from gradx.memory import leaf_dtype
-from gradx.tree_utils import path_str
+from gradx.plumbing import path_str
 
 STATE_FORMAT_VERSION = 1
 METADATA_FILE = "checkpoint.json"

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from gradx import checks
 from gradx.base import EmptyState, GradientTransformation
 from gradx.leafwise import leafwise
-from gradx.tree_utils import abs_sq, global_norm, leaf_rms
+from gradx.plumbing import abs_sq, global_norm, leaf_rms
 
 Axis = Optional[Union[int, tuple[int, ...]]]
 
@@ -25,7 +25,7 @@ def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
 
 def rms_clipped(u: jax.Array, threshold, rms_of: Optional[jax.Array] = None) -> jax.Array:
     """``u / max(1, rms(rms_of) / threshold)``, with ``rms_of`` the same values as ``u`` (by
-    default ``u`` itself; a rule that can recompute ``u`` from ``gradx.tree_utils.separate``
+    default ``u`` itself; a rule that can recompute ``u`` from ``gradx.plumbing.separate``
     inputs passes that, so that ``u`` is not written to memory for the reduction)."""
     return u / jnp.maximum(1.0, leaf_rms(u if rms_of is None else rms_of) / threshold)
 

@@ -16,7 +16,7 @@ from gradx import checks
 from gradx.base import GradientTransformation, Updates
 from gradx.leafwise import Moment, leafwise
 from gradx.clipping import rms_clipped
-from gradx.tree_utils import abs_sq, separate
+from gradx.plumbing import abs_sq, separate
 
 
 # --------------------------------------------------------------------------------------------

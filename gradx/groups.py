@@ -29,7 +29,7 @@ import numpy as np
 
 from gradx import checks
 from gradx.base import GradientTransformation, stateless
-from gradx.tree_utils import path_str
+from gradx.plumbing import path_str
 
 Pattern = Union[str, "re.Pattern[str]", Callable[[str, Any], bool]]
 _NO_DEFAULT = object()

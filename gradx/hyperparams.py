@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradx import tree_utils
+from gradx import plumbing
 from gradx.base import (GradientTransformation, GradientTransformationExtraArgs, StatefulSchedule,
                         safe_increment, with_extra_args_support)
 
@@ -120,7 +120,7 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation],
                 numeric[name] = value
             else:
                 static[name] = value
-        dtype = tree_utils.canonicalize_dtype(hyperparam_dtype) or jnp.result_type(float)
+        dtype = plumbing.canonicalize_dtype(hyperparam_dtype) or jnp.result_type(float)
 
         def init(params):
             schedule_states = {k: s.init() for k, s in schedules.items()}
@@ -182,11 +182,11 @@ def with_telemetry(inner: GradientTransformation) -> GradientTransformationExtra
                               jnp.zeros([], jnp.int32), inner.init(params))
 
     def update(updates, state, params=None, **extra_args):
-        grad_norm = tree_utils.global_norm(updates).astype(jnp.float32)
+        grad_norm = plumbing.global_norm(updates).astype(jnp.float32)
         new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-        update_norm = tree_utils.global_norm(new_updates).astype(jnp.float32)
+        update_norm = plumbing.global_norm(new_updates).astype(jnp.float32)
         param_norm = (jnp.zeros([], jnp.float32) if params is None
-                      else tree_utils.global_norm(params).astype(jnp.float32))
+                      else plumbing.global_norm(params).astype(jnp.float32))
         ratio = jnp.where(param_norm > 0, update_norm / jnp.where(param_norm > 0, param_norm, 1.0), 0.0)
         nonfinite = state.nonfinite_steps + (~jnp.isfinite(grad_norm)).astype(jnp.int32)
         return new_updates, TelemetryState(grad_norm, update_norm, param_norm, ratio, nonfinite,
@@ -220,7 +220,7 @@ def _named_nodes(state, prefix=()):
     elif isinstance(state, dict):
         for key, value in state.items():
             yield from _named_nodes(value, prefix + (str(key),))
-    elif (split := tree_utils.one_level(state)) is not None:  # tuples, other wrapper states
+    elif (split := plumbing.one_level(state)) is not None:  # tuples, other wrapper states
         for value in split[0]:
             yield from _named_nodes(value, prefix)
 
@@ -270,7 +270,7 @@ def set_hyperparams(state, **values):
             return node._replace(hyperparams=hyperparams, inner_state=rebuild(node.inner_state, prefix))
         if isinstance(node, dict):
             return type(node)((k, rebuild(v, prefix + (str(k),))) for k, v in node.items())
-        split = tree_utils.one_level(node)  # chains, NamedTuples, other wrappers; leaves stay
+        split = plumbing.one_level(node)  # chains, NamedTuples, other wrappers; leaves stay
         return node if split is None else split[1].unflatten([rebuild(v, prefix) for v in split[0]])
 
     new_state = rebuild(state)

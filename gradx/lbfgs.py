@@ -12,10 +12,10 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradx import checks, tree_utils
+from gradx import checks, plumbing
 from gradx.base import NO_PARAMS_MSG, GradientTransformation, Params, Updates, safe_increment
 from gradx.linesearch import add_scaled, real_vdot
-from gradx.tree_utils import squared_norm
+from gradx.plumbing import squared_norm
 
 
 class ScaleByLBFGSState(NamedTuple):
@@ -142,7 +142,7 @@ def _find_fields(tree: Any, name: str) -> list:
         return [getattr(tree, name)]
     if isinstance(tree, dict) and name in tree:
         return [tree[name]]
-    split = tree_utils.one_level(tree)  # tuples, lists, dicts, other wrapper states
+    split = plumbing.one_level(tree)  # tuples, lists, dicts, other wrapper states
     children = [] if split is None else split[0]
     return [found for child in children for found in _find_fields(child, name)]
 

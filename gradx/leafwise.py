@@ -49,7 +49,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from gradx import tree_utils
+from gradx import plumbing
 from gradx.base import (NO_PARAMS_MSG, GradientTransformation, GradientTransformationExtraArgs,
                         safe_increment)
 
@@ -71,7 +71,7 @@ class Moment(NamedTuple):
 
     def init_leaf(self, p):
         if callable(self.init):
-            return tree_utils.cast(self.init(p), self.dtype)
+            return plumbing.cast(self.init(p), self.dtype)
         return jnp.full(jnp.shape(p), self.init, self.dtype or jnp.result_type(p))
 
 
@@ -159,7 +159,7 @@ def leafwise(
         others = ([params] if needs_params else []) + [getattr(state, n) for n in names]
         other_names = (["params"] if needs_params else []) + [f"state.{n}" for n in names]
         shaped = [True] * needs_params + [not callable(m.init) for m in moments]
-        treedef, leaf_lists = tree_utils.flatten_matching(updates, others, other_names,
+        treedef, leaf_lists = plumbing.flatten_matching(updates, others, other_names,
                                                           shaped=shaped)
         new_updates, new_moments = [], [[] for _ in names]
         for i, leaves in enumerate(zip(*leaf_lists)):

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from gradx import checks
 from gradx.base import (NO_PARAMS_MSG, GradientTransformationExtraArgs, Params, Updates,
                         safe_increment)
-from gradx.tree_utils import where
+from gradx.plumbing import where
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradx import tree_utils
+from gradx import plumbing
 from gradx.base import (NO_PARAMS_MSG, GradientTransformation, GradientTransformationExtraArgs,
                         with_extra_args_support)
 from gradx.masking import MaskedNode
@@ -78,7 +78,7 @@ def _cast_moments(state: Any, moment_dtypes: dict, found: set) -> Any:
             else:
                 fields[name] = _cast_moments(value, moment_dtypes, found)
         return type(state)(**fields)
-    split = tree_utils.one_level(state)  # tuples, lists, dicts, other wrapper states
+    split = plumbing.one_level(state)  # tuples, lists, dicts, other wrapper states
     if split is None:
         return state
     return split[1].unflatten([_cast_moments(v, moment_dtypes, found) for v in split[0]])
@@ -87,7 +87,7 @@ def _cast_moments(state: Any, moment_dtypes: dict, found: set) -> Any:
 def _field_names(state: Any) -> set:
     """Every NamedTuple field name inside ``state``."""
     names = set(state._fields) if isinstance(state, tuple) and hasattr(state, "_fields") else set()
-    for value in (split[0] if (split := tree_utils.one_level(state)) else ()):
+    for value in (split[0] if (split := plumbing.one_level(state)) else ()):
         names |= _field_names(value)
     return names
 
@@ -122,8 +122,8 @@ def with_master_weights(inner: GradientTransformation, master_dtype: Any = jnp.f
     References: Micikevicius et al., 2018, "Mixed Precision Training" (master weights); Gupta
     et al., 2015, "Deep Learning with Limited Numerical Precision" (stochastic rounding).
     """
-    master_dtype = tree_utils.canonicalize_dtype(master_dtype)
-    moment_dtypes = {name: tree_utils.canonicalize_dtype(d) for name, d in
+    master_dtype = plumbing.canonicalize_dtype(master_dtype)
+    moment_dtypes = {name: plumbing.canonicalize_dtype(d) for name, d in
                      (moment_dtypes or {}).items()}
     inner = with_extra_args_support(inner)
 

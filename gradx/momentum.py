@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from gradx import checks, tree_utils
+from gradx import checks, plumbing
 from gradx.base import GradientTransformation, Updates
 from gradx.leafwise import Moment, debias_factor, leafwise
 
@@ -40,7 +40,7 @@ def trace(decay, nesterov: bool = False, accumulator_dtype: Optional[Any] = None
     accumulator give float32 updates there).
     """
     checks.in_range("decay", decay, 0.0, 1.0, high_open=False)
-    accumulator_dtype = tree_utils.canonicalize_dtype(accumulator_dtype)
+    accumulator_dtype = plumbing.canonicalize_dtype(accumulator_dtype)
 
     def rule(g, b):
         b = g + decay * b
@@ -73,7 +73,7 @@ def ema(decay, debias: bool = True, accumulator_dtype: Optional[Any] = None
     ``decay=1`` with ``debias=True`` (a division by zero) is rejected at construction.
     """
     checks.in_range("decay", decay, 0.0, 1.0, high_open=debias)
-    accumulator_dtype = tree_utils.canonicalize_dtype(accumulator_dtype)
+    accumulator_dtype = plumbing.canonicalize_dtype(accumulator_dtype)
 
     def rule(g, e, *, correction):
         e = (1 - decay) * g + decay * e

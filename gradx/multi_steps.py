@@ -20,7 +20,7 @@ from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
 import jax
 import jax.numpy as jnp
 
-from gradx import checks, tree_utils
+from gradx import checks, plumbing
 from gradx.base import (GradientTransformation, GradientTransformationExtraArgs, safe_increment,
                         with_extra_args_support)
 from gradx.hyperparams import register_readable_state
@@ -56,7 +56,7 @@ def skip_large_updates(updates: Any, gradient_step: jax.typing.ArrayLike, params
     ``|x|²`` (correct for complex leaves, where Optax sums ``x**2``).
     """
     del gradient_step, params
-    norm_sq = tree_utils.squared_norm(updates)
+    norm_sq = plumbing.squared_norm(updates)
     should_skip = jnp.logical_not(norm_sq < max_squared_norm)
     return should_skip, {"should_skip": should_skip, "norm_squared": norm_sq}
 
@@ -77,7 +77,7 @@ def _every_k(every_k_schedule):
 def _zero_accumulator(params, accumulator_dtype):
     """Zeros shaped like ``params``, in ``accumulator_dtype`` or, for ``None``, in float32 or the
     leaf's own dtype when wider (float64 under x64, complex kept complex)."""
-    dtype = tree_utils.canonicalize_dtype(accumulator_dtype)
+    dtype = plumbing.canonicalize_dtype(accumulator_dtype)
     return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), dtype or jnp.promote_types(
         jnp.result_type(p), jnp.float32)), params)
 
@@ -174,7 +174,7 @@ class MultiSteps:
 
     def init(self, params: Any) -> MultiStepsState:
         gradient_step = jnp.zeros([], jnp.int32)
-        _, skip_state = self._should_skip_update_fn(tree_utils.zeros_like(params), gradient_step,
+        _, skip_state = self._should_skip_update_fn(plumbing.zeros_like(params), gradient_step,
                                                     params)
         return MultiStepsState(
             mini_step=jnp.zeros([], jnp.int32), gradient_step=gradient_step,
@@ -287,7 +287,7 @@ def accumulate_gradients(inner: GradientTransformation,
         weight = jnp.asarray(1 if weight is None else weight).astype(weight_dtype)
         skipped = state.skipped_micro_batches
         if skip_nonfinite:
-            finite = tree_utils.all_finite(updates)
+            finite = plumbing.all_finite(updates)
             weight = jnp.where(finite, weight, 0)
             updates = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), updates)
             skipped = jnp.where(finite, skipped, safe_increment(skipped))

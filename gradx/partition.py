@@ -13,7 +13,7 @@ from typing import Any, Callable, Hashable, Mapping, NamedTuple, Union
 
 import jax
 
-from gradx import tree_utils
+from gradx import plumbing
 from gradx.base import (GradientTransformation, GradientTransformationExtraArgs, set_to_zero,
                         with_extra_args_support)
 from gradx.masking import masked, resolve_mask
@@ -30,7 +30,7 @@ MultiTransformState = PartitionState
 
 def _check_labels(labels: Any, known: Mapping[Hashable, Any]) -> None:
     """Raises ``ValueError`` naming every path whose label has no transformation."""
-    unknown = [(tree_utils.path_str(path), label)
+    unknown = [(plumbing.path_str(path), label)
                for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]
                if label not in known]
     if unknown:

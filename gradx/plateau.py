@@ -6,7 +6,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradx import checks, tree_utils
+from gradx import checks, plumbing
 from gradx.base import GradientTransformationExtraArgs, safe_increment
 
 __all__ = ["ReduceLROnPlateauState", "reduce_on_plateau"]
@@ -73,9 +73,9 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, rtol: float = 1e-
     checks.non_negative("min_scale", min_scale)
 
     def init(params) -> ReduceLROnPlateauState:
-        value_dtype = tree_utils.tree_dtype(params, "highest")
+        value_dtype = plumbing.tree_dtype(params, "highest")
         return ReduceLROnPlateauState(
-            scale=jnp.asarray(1.0, tree_utils.tree_dtype(params, "lowest")),
+            scale=jnp.asarray(1.0, plumbing.tree_dtype(params, "lowest")),
             best_value=jnp.asarray(jnp.inf, value_dtype),
             plateau_count=jnp.asarray(0, jnp.int32),
             cooldown_count=jnp.asarray(0, jnp.int32),
@@ -112,7 +112,7 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, rtol: float = 1e-
         mean = (state.count * state.avg_value + jnp.asarray(value).astype(state.avg_value.dtype)
                 ) / count
         state = state._replace(count=count, avg_value=mean.astype(state.avg_value.dtype))
-        state = tree_utils.where(count == accumulation_size, evaluate(state), state)
+        state = plumbing.where(count == accumulation_size, evaluate(state), state)
         updates = jax.tree.map(lambda g: g * state.scale.astype(jnp.result_type(g)), updates)
         return updates, state
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from gradx import checks
 from gradx.base import GradientTransformation, Updates
 from gradx.leafwise import Moment, debias_factor, leafwise
-from gradx.tree_utils import abs_sq
+from gradx.plumbing import abs_sq
 
 
 def _inverse_root(x, eps, eps_in_sqrt: bool):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from gradx import checks
 from gradx.base import EmptyState, GradientTransformation, Schedule, ScalarOrSchedule, identity
 from gradx.leafwise import leafwise
-from gradx.tree_utils import global_norm, leaf_norm, leaf_rms
+from gradx.plumbing import global_norm, leaf_norm, leaf_rms
 
 
 class ScaleByScheduleState(NamedTuple):

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Optional
 
 import jax.numpy as jnp
 
-from gradx import checks, tree_utils
+from gradx import checks, plumbing
 from gradx.base import EmptyState, GradientTransformation
 from gradx.leafwise import Moment, leafwise
 
@@ -58,7 +58,7 @@ def scale_by_lion(b1=0.9, b2=0.99, mu_dtype: Optional[Any] = None, *, mode: str 
     checks.in_range("b2", b2, 0.0, 1.0)
     checks.one_of("mode", mode, _LION_MODES)
     checks.positive("smooth_beta", smooth_beta)
-    mu_dtype = tree_utils.canonicalize_dtype(mu_dtype)
+    mu_dtype = plumbing.canonicalize_dtype(mu_dtype)
     direction = {
         "hard": jnp.sign,
         "smooth": lambda x: jnp.tanh(smooth_beta * x),

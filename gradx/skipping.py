@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from gradx import checks, tree_utils
+from gradx import checks, plumbing
 from gradx.base import (GradientTransformation, GradientTransformationExtraArgs, safe_increment,
                         with_extra_args_support)
 from gradx.hyperparams import register_readable_state
@@ -39,7 +39,7 @@ register_readable_state(SkipBadStepsState, ("skipped_steps", "last_skipped"))
 def _float32_norm(tree: Any) -> jax.Array:
     """The global L2 norm, accumulated in float32 at least (bf16 sums of squares overflow and
     round badly)."""
-    return tree_utils.global_norm(jax.tree.map(
+    return plumbing.global_norm(jax.tree.map(
         lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree))
 
 
@@ -72,7 +72,7 @@ def skip_bad_steps(inner: GradientTransformation, max_grad_norm: Optional[float]
     def update(updates, state, params=None, **extra_args):
         bad = jnp.array(False)
         if skip_nonfinite:
-            bad = jnp.logical_not(tree_utils.all_finite(updates))
+            bad = jnp.logical_not(plumbing.all_finite(updates))
         if max_grad_norm is not None:
             bad = jnp.logical_or(bad, _float32_norm(updates) > max_grad_norm)
         new_updates, inner_state = cond_update(jnp.logical_not(bad), inner, updates,

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradx import checks, tree_utils
+from gradx import checks, plumbing
 from gradx.base import EmptyState, GradientTransformation, GradientTransformationExtraArgs
 from gradx.leafwise import Moment, leafwise
-from gradx.tree_utils import leaf_norm
+from gradx.plumbing import leaf_norm
 
 _POLYAK_VARIANTS = ("sps", "sps+")
 
@@ -34,7 +34,7 @@ def scale_by_polyak(f_min: jax.typing.ArrayLike = 0.0,
 
     def step_scalars(_, updates, *, value, **extra_args):
         del extra_args
-        sq_norm = tree_utils.squared_norm(updates)
+        sq_norm = plumbing.squared_norm(updates)
         gap = jnp.asarray(value - f_min).astype(sq_norm.dtype)
         if variant == "sps+":
             gap = jnp.maximum(gap, 0.0)
@@ -69,11 +69,11 @@ def scale_by_distance_over_gradients(reps_rel=1e-6, eps=1e-8, param_dtype=jnp.fl
     """
     checks.positive("reps_rel", reps_rel)
     checks.non_negative("eps", eps)
-    param_dtype = tree_utils.canonicalize_dtype(param_dtype)
+    param_dtype = plumbing.canonicalize_dtype(param_dtype)
 
     def rule(g, p, dist, sum_sq, p0):
         dist = jnp.maximum(dist, leaf_norm(p - p0)).astype(jnp.result_type(dist))
-        sum_sq = (sum_sq + jnp.sum(tree_utils.abs_sq(g))).astype(jnp.result_type(sum_sq))
+        sum_sq = (sum_sq + jnp.sum(plumbing.abs_sq(g))).astype(jnp.result_type(sum_sq))
         step = global_scale * dist / jnp.sqrt(sum_sq + eps)
         return jnp.reshape(step, ()) * g, dist, sum_sq, p0
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradx import tree_utils
+from gradx import plumbing
 from gradx.base import (NO_PARAMS_MSG, GradientTransformation, GradientTransformationExtraArgs,
                         safe_increment, with_extra_args_support)
 
@@ -82,7 +82,7 @@ def apply_if_finite(inner: GradientTransformation,
                                   inner_state=inner.init(params))
 
     def update(updates, state, params=None, **extra_args):
-        finite = tree_utils.all_finite(updates)
+        finite = plumbing.all_finite(updates)
         streak = jnp.where(finite, 0, safe_increment(state.notfinite_count))
         give_up = streak > max_consecutive_errors
         new_updates, inner_state = cond_update(jnp.logical_or(finite, give_up), inner, updates,

@@ -201,12 +201,12 @@ def _parabola(dtype):
     final = jnp.array([1.0, -1.0, 1.0], dtype)
     if jnp.iscomplexobj(final):
         final = final * (1 + 1j)
-    return jnp.array([-1.0, 10.0, 1.0], dtype), final, lambda x: jnp.sum(gradx.tree_utils.abs_sq(x - final))
+    return jnp.array([-1.0, 10.0, 1.0], dtype), final, lambda x: jnp.sum(gradx.plumbing.abs_sq(x - final))
 
 
 def _rosenbrock(dtype):
     a = 1.0 + 1j if jnp.issubdtype(dtype, jnp.complexfloating) else 1.0
-    abs_sq = gradx.tree_utils.abs_sq
+    abs_sq = gradx.plumbing.abs_sq
     return (jnp.zeros(2, dtype), jnp.array([a, a ** 2], dtype),
             lambda x: abs_sq(a - x[0]) + 100.0 * abs_sq(x[1] - x[0] ** 2))
 

@@ -45,8 +45,8 @@ def test_matches_optax(name):
 
 def test_floors_are_hit_in_the_floor_cases():
     leaves = jax.tree.leaves(make_params())
-    norms = [float(gradx.tree_utils.leaf_norm(x)) for x in leaves]
-    rms = [float(gradx.tree_utils.leaf_rms(x)) for x in leaves]
+    norms = [float(gradx.plumbing.leaf_norm(x)) for x in leaves]
+    rms = [float(gradx.plumbing.leaf_rms(x)) for x in leaves]
     assert min(norms) < 1.5 < max(norms)
     assert min(rms) < 0.5 < max(rms)
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from gradx import checks
 from gradx.base import GradientTransformation, ScalarOrSchedule
 from gradx.leafwise import Moment, leafwise
-from gradx.tree_utils import separate
+from gradx.plumbing import separate
 from gradx.torch_compat._common import at, check, one_minus_pow, pow_
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
-from gradx import tree_utils
+from gradx import plumbing
 from gradx.base import GradientTransformation, GradientTransformationExtraArgs
 from gradx.combine import chain
 from gradx.masking import masked, resolve_mask
@@ -50,7 +50,7 @@ def param_groups(optimizer: Callable[..., GradientTransformation], labels: Any,
 
     def check_labels(tree):
         label_tree = resolve_mask(labels, tree)
-        for path, label in zip(tree_utils.leaf_paths(label_tree), jax.tree.leaves(label_tree)):
+        for path, label in zip(plumbing.leaf_paths(label_tree), jax.tree.leaves(label_tree)):
             if label not in groups:
                 raise ValueError(f"parameter '{path}' has label {label!r}, which is not a group; "
                                  f"groups are {names} (torch requires every parameter in a group).")

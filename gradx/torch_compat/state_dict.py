@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradx import tree_utils
+from gradx import plumbing
 from gradx.base import GradientTransformation
 from gradx.torch_compat.optimizers import SCALAR_FIELDS, TORCH_STATES, SGDState
 
@@ -46,7 +46,7 @@ def _numpy(x) -> np.ndarray:
 
 def _torch_index(params, names, param_groups, torch_names) -> dict:
     """``leaf path -> torch parameter index``."""
-    paths = tree_utils.leaf_paths(params)
+    paths = plumbing.leaf_paths(params)
     if names is None:
         return {path: i for i, path in enumerate(paths)}
     keys = jax.tree.structure(params).flatten_up_to(names)
@@ -84,7 +84,7 @@ def _buffer_paths(state) -> list:
     """The leaf paths that ``state`` holds buffers for (its masked-in parameters)."""
     paths = []
     for field in _buffer_fields(state):
-        paths += [p for p in tree_utils.leaf_paths(getattr(state, field)) if p not in paths]
+        paths += [p for p in plumbing.leaf_paths(getattr(state, field)) if p not in paths]
     return paths
 
 
@@ -117,7 +117,7 @@ def from_torch_state_dict(tx: GradientTransformation, params: Any, state_dict: M
         fields = {}
         for field in _buffer_fields(state):
             def leaf(path, x, field=field):
-                path = tree_utils.path_str(path)
+                path = plumbing.path_str(path)
                 entry = torch_state[index[path]]
                 if field not in entry or entry[field] is None:
                     if np.size(x) == 0:  # a buffer torch does not keep for this parameter
@@ -166,7 +166,7 @@ def to_torch_state_dict(state: Any, params: Any, param_groups: Sequence[Mapping]
             continue
         for field in _buffer_fields(opt_state):
             tree = getattr(opt_state, field)
-            for path, leaf in zip(tree_utils.leaf_paths(tree), jax.tree.leaves(tree)):
+            for path, leaf in zip(plumbing.leaf_paths(tree), jax.tree.leaves(tree)):
                 entry = out.setdefault(index[path], {})
                 if not entry and not isinstance(opt_state, SGDState):
                     entry["step"] = array_fn(np.asarray(float(opt_state.step), np.float32))

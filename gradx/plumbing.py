@@ -1,4 +1,5 @@
-"""Tree plumbing shared by every transformation: matched flattening with errors that name the
+"""gradx's internal tree plumbing, shared by every transformation (Optax's public tree helpers are
+``gradx.tree`` and ``gradx.tree_utils``): matched flattening with errors that name the
 offending path, typed tree constructors, casts, and norms and statistics of one leaf or a tree.
 
 Paths are written as the keys from the root joined by ``/`` (``"encoder/layers_0/kernel"``).
