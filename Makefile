@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 comma := ,
 
-.PHONY: demo test bench docs clean
+.PHONY: demo test bench convergence docs clean
 
 # Create the virtual environment if needed and install gradx with the given extras.
 define install
@@ -39,6 +39,13 @@ BENCH_ARGS ?=
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 	$(PY) benchmarks/report.py $(if $(findstring --quick,$(BENCH_ARGS)),,--results-md benchmarks/RESULTS.md)
+
+# AdamW, Sophia, SOAP, Shampoo and Muon training a small character-level GPT from scratch, each
+# with a learning-rate sweep: ~15 min on 2 CPU cores; CONVERGENCE_ARGS="--size gpu" on a GPU,
+# "--size smoke" to check the pipeline (which leaves benchmarks/CONVERGENCE.md alone).
+CONVERGENCE_ARGS ?=
+convergence: $(VENV)/.installed-test
+	$(PY) benchmarks/convergence.py $(if $(findstring smoke,$(CONVERGENCE_ARGS)),,--results-md benchmarks/CONVERGENCE.md) $(CONVERGENCE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info examples/out
