@@ -249,7 +249,10 @@ def test_missing_loss_or_logits_function_says_what_to_pass():
     (lambda: gradx.sophia(0.1, clip_threshold=0.0), "clip_threshold"),
     (lambda: gradx.sophia(0.1, update_interval=0), "update_interval"),
     (lambda: gradx.scale_by_sophia(update_interval=2.5), "update_interval"),
-    (lambda: gradx.sophia(0.1, verbose=True), "print_win_rate_every_n_steps"),
+    (lambda: gradx.sophia(0.1, verbose=True, print_win_rate_every_n_steps=-1),
+     "print_win_rate_every_n_steps"),
+    (lambda: gradx.sophia(0.1, verbose=True, print_win_rate_every_n_steps=1.5),
+     "print_win_rate_every_n_steps"),
     (lambda: gradx.sophia_g(rho=-0.04), "rho"),
     (lambda: gradx.sophia_g(bs=0), "bs"),
     (lambda: gradx.sophia_g(weight_decay=-0.1), "weight_decay"),
@@ -257,3 +260,24 @@ def test_missing_loss_or_logits_function_says_what_to_pass():
 def test_impossible_hyperparameters_raise_naming_the_argument(make, name):
     with pytest.raises(ValueError, match=rf"{name} must be .*got {name}="):
         make()
+
+
+def _printed_win_rates(tx, capfd):
+    params = {"w": jnp.array([0.5, -2.0, 3.0, 0.01])}
+    loss = lambda p: jnp.sum(jnp.array([1.0, 2.0, 3.0, 4.0]) * p["w"] ** 2)  # noqa: E731
+    update = jax.jit(lambda g, s, p: tx.update(g, s, p, obj_fn=loss))
+    state = tx.init(params)
+    for _ in range(4):
+        _, state = update(jax.grad(loss)(params), state, params)
+    jax.effects_barrier()
+    return capfd.readouterr().out.splitlines()
+
+
+def test_win_rate_is_printed_as_optax_prints_it_and_never_with_0(capfd):
+    """Every 2 steps: Optax's lines. With the default 0 nothing, as Optax documents ("0 to turn
+    off"), where Optax prints on every step."""
+    hp = {"learning_rate": 0.1, "gamma": 100.0, "update_interval": 1, "verbose": True}
+    ours = _printed_win_rates(gradx.sophia(**hp, print_win_rate_every_n_steps=2), capfd)
+    theirs = _printed_win_rates(optax.contrib.sophia(**hp, print_win_rate_every_n_steps=2), capfd)
+    assert ours == theirs and len(ours) == 2 and ours[-1] != "Sophia optimizer win rate: 0.0"
+    assert _printed_win_rates(gradx.sophia(**hp), capfd) == []

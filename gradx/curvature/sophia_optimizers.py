@@ -93,7 +93,9 @@ def _scale_by_sophia(form: _Form, b1, b2, eps, gamma, clip_threshold, update_int
                      hessian_diagonal_fn: Estimator, mu_dtype, verbose=False,
                      print_win_rate_every_n_steps=0) -> GradientTransformationExtraArgs:
     _check(b1, b2, eps, gamma, clip_threshold, update_interval)
-    if verbose and clip_threshold is not None:
+    checks.non_negative("print_win_rate_every_n_steps", print_win_rate_every_n_steps)
+    printing = verbose and clip_threshold is not None and print_win_rate_every_n_steps != 0
+    if printing:
         checks.positive_integer("print_win_rate_every_n_steps", print_win_rate_every_n_steps)
     mu_dtype = plumbing.canonicalize_dtype(mu_dtype)
     estimator = with_extra_args_support(hessian_diagonal_fn)
@@ -125,9 +127,7 @@ def _scale_by_sophia(form: _Form, b1, b2, eps, gamma, clip_threshold, update_int
                   step_scalars=step_scalars, elementwise=False,
                   step_inputs=("updates", "params", "extra_args"),
                   carry={"hessian_fn_state": estimator.init})
-    if verbose and clip_threshold is not None:
-        return _printing_win_rate(tx, clip_threshold, print_win_rate_every_n_steps)
-    return tx
+    return _printing_win_rate(tx, clip_threshold, print_win_rate_every_n_steps) if printing else tx
 
 
 def _printing_win_rate(tx, clip_threshold, every) -> GradientTransformationExtraArgs:
@@ -162,7 +162,7 @@ def scale_by_sophia(b1: float = 0.965, b2: float = 0.99, eps: float = 1e-8, gamm
     extra argument ``obj_fn`` (the loss as a function of the params), and
     ``gauss_newton_bartlett_estimator()`` needs ``logits_fn``. ``verbose`` prints the win rate
     (the fraction of unclipped elements; the authors advise 0.1-0.5, raise ``gamma`` if lower)
-    every ``print_win_rate_every_n_steps`` steps.
+    every ``print_win_rate_every_n_steps`` steps (0, the default: never).
 
     Defaults as Optax: ``b1=0.965, b2=0.99`` (effective ``1 - (1-b2)/k`` per step),
     ``eps=1e-8, gamma=0.01, clip_threshold=1.0, update_interval=10``. ``mu_dtype`` stores ``m``
@@ -171,10 +171,11 @@ def scale_by_sophia(b1: float = 0.965, b2: float = 0.99, eps: float = 1e-8, gamm
 
     Reference: Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer for Language
     Model Pre-training", 2023. Same numbers as Optax 0.2.8's ``contrib.scale_by_sophia``;
-    differences: impossible hyperparameters raise ``ValueError`` at construction (Optax divides
-    by zero for ``verbose`` with ``print_win_rate_every_n_steps=0``), updates keep the
-    gradients' dtype, and the win rate is read from the clipped output (equal, but for an
-    element that rounds up to ``clip_threshold`` in a low-precision update dtype). Memory: two
+    differences: ``verbose`` with ``print_win_rate_every_n_steps=0`` prints nothing, as Optax
+    documents (Optax prints on every step: its ``count % 0`` is 0 on CPU, undefined in XLA);
+    impossible hyperparameters raise ``ValueError`` at construction; updates keep the
+    gradients' dtype; the win rate is read from the clipped output (equal, but for an element
+    that rounds up to ``clip_threshold`` in a low-precision update dtype). Memory: two
     param-sized buffers, as Adam. The estimator's output for the other leaves of a multi-device
     run is not averaged: average it inside ``hessian_diagonal_fn`` (as Optax warns).
     """
