@@ -176,8 +176,8 @@ def scale_by_sophia(b1: float = 0.965, b2: float = 0.99, eps: float = 1e-8, gamm
     impossible hyperparameters raise ``ValueError`` at construction; updates keep the
     gradients' dtype; the win rate is read from the clipped output (equal, but for an element
     that rounds up to ``clip_threshold`` in a low-precision update dtype). Memory: two
-    param-sized buffers, as Adam. The estimator's output for the other leaves of a multi-device
-    run is not averaged: average it inside ``hessian_diagonal_fn`` (as Optax warns).
+    param-sized buffers, as Adam. Under ``pmap`` or ``shard_map`` each device's estimate is its
+    own: average it inside ``hessian_diagonal_fn`` (as Optax warns).
     """
     return _scale_by_sophia(_OPTAX, b1, b2, eps, gamma, clip_threshold, update_interval,
                             hessian_diagonal_fn, mu_dtype, verbose, print_win_rate_every_n_steps)
