@@ -74,10 +74,10 @@ OPTIMIZERS = {
     "adamw": Optimizer("adamw", 3e-3, lambda size, shape: {"b2": 0.95, "weight_decay": 0.1},
                        "b1 0.9, b2 0.95, weight decay 0.1 (nanoGPT's)"),
     "sophia_g": Optimizer(
-        "sophia_g", 1e-3, lambda size, shape: {"bs": size.batch * size.model.seq_len},
+        "sophia_g", 3e-4, lambda size, shape: {"bs": size.batch * size.model.seq_len},
         "the authors' defaults (b1 0.965, b2 0.99, rho 0.04, weight decay 0.1, refresh every 10 "
         "steps), bs = tokens per batch; Gauss-Newton-Bartlett estimator"),
-    "sophia_h": Optimizer("sophia", 1e-3, _defaults,
+    "sophia_h": Optimizer("sophia", 3e-4, _defaults,
                           "Optax's defaults (b1 0.965, b2 0.99, gamma 0.01, weight decay 1e-4, "
                           "refresh every 10 steps); Hutchinson estimator"),
     "soap": Optimizer("soap", 3e-3, _defaults, "the official defaults"),

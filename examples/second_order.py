@@ -13,7 +13,7 @@ the batch; the update gets it as a function of the params alone, and runs the es
         logits_fn=lambda p: char_lm.logits(p, batch[:, :-1], config),  # Sophia-G (sampled labels)
         obj_fn=lambda p: char_lm.loss(p, batch, config))               # Sophia-H (Hutchinson)
 
-For Sophia-H add ``"Sophia-H": (1e-3, lambda lr: gradx.sophia(lr))`` to ``optimizers()`` (its
+For Sophia-H add ``"Sophia-H": (3e-4, lambda lr: gradx.sophia(lr))`` to ``optimizers()`` (its
 Hessian-vector products make each refresh, and the compilation, about twice as costly).
 Writes examples/out/second_order.png (training and validation loss) and prints each optimizer's
 final validation loss and state memory. The learning rates are the middle of ``make
@@ -41,7 +41,7 @@ def optimizers(tokens_per_batch):
     """name -> (peak learning rate, the optimizer at a given rate)."""
     return {
         "AdamW": (3e-3, lambda lr: gradx.adamw(lr, b2=0.95, weight_decay=0.1)),
-        "Sophia-G": (1e-3, lambda lr: gradx.sophia_g(lr, bs=tokens_per_batch)),
+        "Sophia-G": (3e-4, lambda lr: gradx.sophia_g(lr, bs=tokens_per_batch)),
     }
 
 
