@@ -14,6 +14,9 @@ from gradx.contrib._ademamix import scale_by_simplified_ademamix
 from gradx.contrib._adopt import adopt, scale_by_adopt
 from gradx.contrib._complex_valued import SplitRealAndImaginaryState, split_real_and_imaginary
 from gradx.contrib._madgrad import MadgradState, madgrad, scale_by_madgrad
+from gradx.contrib._schedule_free import ScheduleFreeState, schedule_free
+from gradx.contrib._schedule_free import schedule_free_adamw, schedule_free_sgd
+from gradx.contrib._schedule_free import schedule_free_eval_params
 
 __all__ = [
     "ReduceLROnPlateauState", "reduce_on_plateau",
@@ -23,4 +26,6 @@ __all__ = [
     "adopt", "scale_by_adopt",
     "SplitRealAndImaginaryState", "split_real_and_imaginary",
     "MadgradState", "madgrad", "scale_by_madgrad",
+    "ScheduleFreeState", "schedule_free", "schedule_free_adamw", "schedule_free_eval_params",
+    "schedule_free_sgd",
 ]
