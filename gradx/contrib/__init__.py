@@ -13,6 +13,7 @@ from gradx.contrib._ademamix import ScaleBySimplifiedAdEMAMixState, simplified_a
 from gradx.contrib._ademamix import scale_by_simplified_ademamix
 from gradx.contrib._adopt import adopt, scale_by_adopt
 from gradx.contrib._complex_valued import SplitRealAndImaginaryState, split_real_and_imaginary
+from gradx.contrib._galore import GaLoreDimensionNumbers, GaLoreState, galore, scale_by_galore
 from gradx.contrib._madgrad import MadgradState, madgrad, scale_by_madgrad
 from gradx.contrib._schedule_free import ScheduleFreeState, schedule_free
 from gradx.contrib._schedule_free import schedule_free_adamw, schedule_free_sgd
@@ -25,6 +26,7 @@ __all__ = [
     "scale_by_simplified_ademamix", "simplified_ademamix",
     "adopt", "scale_by_adopt",
     "SplitRealAndImaginaryState", "split_real_and_imaginary",
+    "GaLoreDimensionNumbers", "GaLoreState", "galore", "scale_by_galore",
     "MadgradState", "madgrad", "scale_by_madgrad",
     "ScheduleFreeState", "schedule_free", "schedule_free_adamw", "schedule_free_eval_params",
     "schedule_free_sgd",
