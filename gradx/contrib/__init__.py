@@ -15,6 +15,7 @@ from gradx.contrib._adopt import adopt, scale_by_adopt
 from gradx.contrib._complex_valued import SplitRealAndImaginaryState, split_real_and_imaginary
 from gradx.contrib._galore import GaLoreDimensionNumbers, GaLoreState, galore, scale_by_galore
 from gradx.contrib._madgrad import MadgradState, madgrad, scale_by_madgrad
+from gradx.contrib._mars import ScaleByMarsState, mars, scale_by_mars
 from gradx.contrib._schedule_free import ScheduleFreeState, schedule_free
 from gradx.contrib._schedule_free import schedule_free_adamw, schedule_free_sgd
 from gradx.contrib._schedule_free import schedule_free_eval_params
@@ -28,6 +29,7 @@ __all__ = [
     "SplitRealAndImaginaryState", "split_real_and_imaginary",
     "GaLoreDimensionNumbers", "GaLoreState", "galore", "scale_by_galore",
     "MadgradState", "madgrad", "scale_by_madgrad",
+    "ScaleByMarsState", "mars", "scale_by_mars",
     "ScheduleFreeState", "schedule_free", "schedule_free_adamw", "schedule_free_eval_params",
     "schedule_free_sgd",
 ]
