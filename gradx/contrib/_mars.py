@@ -42,7 +42,8 @@ def scale_by_mars(b1=0.95, b2=0.99, eps=1e-8, gamma=0.025) -> GradientTransforma
     Models", 2024 (code: AGI-Arena/MARS, ``mars_type='mars-adamw'``, ``is_approx=True``). The
     exact form (``is_approx=False``, a second gradient at the previous params) and the
     ``mars-lion``/``mars-shampoo`` variants are not offered. ``pytorch_optimizer.MARS`` divides
-    by ``(√v + eps)/√(1-b2^t)``, i.e. adds ``eps/√(1-b2^t)``: the same numbers up to ``eps``.
+    by ``(√(v + 1e-15) + eps)/√(1-b2^t)``: the same numbers up to those epsilons (4e-7 max-abs
+    after 30 steps of the defaults in float64; 4e-10 with ``eps=0``).
     """
     for name, value in (("b1", b1), ("b2", b2)):
         checks.in_range(name, value, 0.0, 1.0)
