@@ -17,16 +17,17 @@ def test_galore_matches_optax():
 
 
 def test_scale_by_galore_with_dimension_numbers_bf16():
-    """The 4-D kernel as an 18×4 matrix (left projection), the 5×3 kernel by default axes, the
-    3×2 head seen transposed (2×3: right projection); the base optimizer is SGD with momentum."""
-    dims = {"conv": Dims((0, 1, 2), 3), "dense": {"kernel": Dims(), "bias": None},
+    """The 4-D kernel as an 18×4 matrix (left projection), the 3×2 head seen transposed (2×3:
+    right projection), the dense leaves not projected; the base optimizer is SGD with
+    momentum."""
+    dims = {"conv": Dims((0, 1, 2), 3), "dense": {"kernel": None, "bias": None},
             "head": Dims(1, 0), "scale": None}
     kwargs = {"rank": 2, "update_proj_gap": 2, "scale": 0.5, "weight_dimension_numbers": dims}
     compare_bf16(gradx.contrib.scale_by_galore(base_optimizer=gradx.trace(0.9), **kwargs),
                  optax.contrib.scale_by_galore(base_optimizer=optax.trace(0.9), **kwargs))
     state = gradx.contrib.scale_by_galore(**kwargs).init(make_params())
     assert state.projector["conv"].shape == (18, 2) and state.projector["head"].shape == (3, 2)
-    assert state.projector["dense"]["bias"].shape == (0, 0)
+    assert state.projector["dense"]["kernel"].shape == (0, 0)
 
 
 def test_bad_input_names_the_argument_or_the_leaf():

@@ -10,7 +10,7 @@ import schedulefree
 
 import gradx
 from contrib_support import compare_with_torch
-from support import assert_trees_close, compare, compare_bf16, make_grads, make_params
+from support import assert_trees_close, compare, compare_bf16, make_params
 
 
 def test_adamw_matches_optax_and_schedulefree():
@@ -24,13 +24,9 @@ def test_adamw_matches_optax_and_schedulefree():
                        what="eval params")
 
 
-def test_sgd_matches_optax():
-    compare(gradx.contrib.schedule_free_sgd(0.05, weight_decay=0.1),
-            optax.contrib.schedule_free_sgd(0.05, weight_decay=0.1), n_steps=5)
-
-
-def test_bf16():
-    compare_bf16(gradx.contrib.schedule_free_adamw(0.05), optax.contrib.schedule_free_adamw(0.05))
+def test_sgd_bf16_matches_optax():
+    compare_bf16(gradx.contrib.schedule_free_sgd(0.05, weight_decay=0.1),
+                 optax.contrib.schedule_free_sgd(0.05, weight_decay=0.1))
 
 
 def test_adamw_warmup_matches_schedulefree_and_shifted_optax():
@@ -46,11 +42,10 @@ def test_adamw_warmup_matches_schedulefree_and_shifted_optax():
                     optax.scale_by_learning_rate(lambda count: schedule(count + 1))),
         learning_rate=schedule)
     compare(ours, shifted, n_steps=5)
-    params = make_params()
+    params = jnp.array([1.0, -2.0])
     theirs = optax.contrib.schedule_free_adamw(0.05, warmup_steps=3, weight_decay=0.1)
-    first, _ = jax.jit(theirs.update)(make_grads(params, 0), theirs.init(params), params)
-    for u in jax.tree.leaves(first):
-        np.testing.assert_allclose(u, 0.0, atol=1e-6)
+    first, _ = theirs.update(jnp.array([0.5, 3.0]), theirs.init(params), params)
+    np.testing.assert_allclose(first, 0.0, atol=1e-6)
 
 
 def test_sgd_warmup_matches_schedulefree():
