@@ -42,6 +42,12 @@ def test_adamw_warmup_matches_schedulefree_and_shifted_optax():
                     optax.scale_by_learning_rate(lambda count: schedule(count + 1))),
         learning_rate=schedule)
     compare(ours, shifted, n_steps=5)
+    gradx_schedule = gradx.warmup_constant_schedule(0.0, 0.05, 3)
+    compare(gradx.contrib.schedule_free(
+        gradx.chain(gradx.scale_by_rms(0.999, 1e-8, eps_in_sqrt=False, bias_correction=True),
+                    gradx.add_decayed_weights(0.1),
+                    gradx.scale_by_learning_rate(lambda count: gradx_schedule(count + 1))),
+        learning_rate=gradx_schedule), shifted, n_steps=5)
     params = jnp.array([1.0, -2.0])
     theirs = optax.contrib.schedule_free_adamw(0.05, warmup_steps=3, weight_decay=0.1)
     first, _ = theirs.update(jnp.array([0.5, 3.0]), theirs.init(params), params)
