@@ -1,7 +1,9 @@
 """gradx.contrib.galore / scale_by_galore against optax 0.2.8 (projector refreshes, a tree of
 dimension numbers, bfloat16), and errors that name the leaf."""
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -43,3 +45,21 @@ def test_bad_input_names_the_argument_or_the_leaf():
     with pytest.raises(ValueError, match="disjoint.*'w'"):
         gradx.contrib.scale_by_galore(weight_dimension_numbers={"w": Dims(0, 0)}).init(
             {"w": jnp.ones((2, 2))})
+
+
+def test_bf16_gradients_with_f32_params():
+    """Optax's refresh casts the new projector to the gradients' dtype, so lax.cond's branches
+    differ (bf16 vs the f32 state) and it raises; here the projector keeps the state's dtype and
+    the update is Optax's float32 one to bfloat16 precision."""
+    params = {"w": jnp.ones((3, 2))}
+    grads = {"w": jnp.array([[1.0, 2.0], [2.0, 4.5], [0.5, -1.0]], jnp.bfloat16)}
+    ours = gradx.contrib.scale_by_galore(rank=1)
+    u, state = jax.jit(ours.update)(grads, ours.init(params))
+    assert u["w"].dtype == jnp.bfloat16 and state.projector["w"].dtype == jnp.float32
+    theirs = optax.contrib.scale_by_galore(rank=1)
+    with pytest.raises(TypeError, match="cond branches"):
+        jax.jit(theirs.update)(grads, theirs.init(params))
+    expected, _ = theirs.update(jax.tree.map(lambda g: g.astype(jnp.float32), grads),
+                                theirs.init(params))
+    np.testing.assert_allclose(np.asarray(u["w"], np.float32), expected["w"], rtol=2e-2,
+                               atol=1e-2)

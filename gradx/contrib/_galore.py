@@ -122,8 +122,11 @@ def scale_by_galore(rank: int = 128, update_proj_gap: int = 200, scale: float = 
 
     Defaults as Optax: ``rank=128, update_proj_gap=200, scale=1.0``, ``base_optimizer =
     scale_by_adam()``. State: ``GaLoreState(count, base_optimizer_state, projector)``. Same
-    numbers as ``optax.contrib.scale_by_galore``; errors name the offending leaf's path, and a
-    refreshed projector keeps the state's dtype when the gradients' dtype differs.
+    numbers as ``optax.contrib.scale_by_galore``; errors name the offending leaf's path.
+    **Differs from Optax** with gradients in another dtype than the params (bfloat16 gradients,
+    float32 params): Optax casts the refreshed projector to the gradients' dtype, its
+    ``lax.cond`` branches then differ from the float32 state and it raises ``TypeError``; here
+    the projector keeps the state's dtype.
 
     Reference: Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
     Projection", ICML 2024. The authors' ``galore_torch`` projects on the right when ``m ≥ n``
