@@ -113,7 +113,9 @@ def leafwise(
 
     Args:
       rule: ``rule(g, [p,] *moments, **scalars)`` returns the update leaf, or a tuple of the
-        update leaf and the new moment leaves.
+        update leaf and the new moment leaves. A ``None`` update leaf (or ``updates=None``)
+        is not given to the rule: it stays ``None`` and its state is kept, as Optax passes
+        ``None`` updates through.
       state_cls: NamedTuple holding ``count_field`` (if it has that field), one tree per moment
         and the ``carry`` fields; other fields pass through. A state class without fields
         (``EmptyState``) passes the incoming state through, as Optax's stateless blocks.
@@ -163,6 +165,11 @@ def leafwise(
                                                           shaped=shaped)
         new_updates, new_moments = [], [[] for _ in names]
         for i, leaves in enumerate(zip(*leaf_lists)):
+            if leaves[0] is None:  # a None update passes through, its state untouched (Optax)
+                new_updates.append(None)
+                for slot, old in zip(new_moments, leaves[1 + needs_params:]):
+                    slot.append(old)
+                continue
             out = rule(*leaves, **{**scalars, **{k: v[i] for k, v in per_leaf.items()}})
             u, outs = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
             new_updates.append(_like(u, leaves[0]))

@@ -43,6 +43,10 @@ def _first_difference(reference: PyTree, other: PyTree, reference_name: str, nam
             f"{jax.tree.structure(other)})")
 
 
+def _is_none(x) -> bool:
+    return x is None
+
+
 def flatten_matching(reference: PyTree, others: Sequence[PyTree], names: Sequence[str],
                      reference_name: str = "updates", shaped: Optional[Sequence[bool]] = None):
     """Flattens ``reference`` and each of ``others`` to leaf lists of the same layout.
@@ -50,9 +54,10 @@ def flatten_matching(reference: PyTree, others: Sequence[PyTree], names: Sequenc
     Raises ``ValueError`` naming the first path where a tree's structure or a leaf's shape
     differs from ``reference``. Where ``shaped[i]`` is False, each leaf of ``reference`` stands
     for a subtree of ``others[i]`` of any shape (per-leaf statistics): only the structure down
-    to it is checked.
+    to it is checked. A ``None`` in ``reference`` is a leaf standing for whatever the others
+    hold there (Optax passes ``None`` updates through: ``update(None, state, params)``).
     """
-    ref_leaves, treedef = jax.tree.flatten(reference)
+    ref_leaves, treedef = jax.tree.flatten(reference, is_leaf=_is_none)
     out = [ref_leaves]
     shaped = [True] * len(others) if shaped is None else shaped
     for other, name, check_shapes in zip(others, names, shaped):
@@ -66,8 +71,8 @@ def flatten_matching(reference: PyTree, others: Sequence[PyTree], names: Sequenc
         if len(leaves) != len(ref_leaves):
             raise ValueError(f"{name} does not match {reference_name}: "
                              f"{_first_difference(reference, other, reference_name, name)}.")
-        for path, ref_leaf, leaf in zip(leaf_paths(reference), ref_leaves, leaves):
-            if check_shapes and np.shape(ref_leaf) != np.shape(leaf):
+        for path, ref_leaf, leaf in zip(leaf_paths(reference, _is_none), ref_leaves, leaves):
+            if check_shapes and ref_leaf is not None and np.shape(ref_leaf) != np.shape(leaf):
                 raise ValueError(f"{name} does not match {reference_name} at '{path}': shape "
                                  f"{np.shape(leaf)} vs {np.shape(ref_leaf)}.")
         out.append(leaves)
