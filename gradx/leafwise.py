@@ -91,12 +91,6 @@ def debias_factor(decay, count) -> jax.Array:
     return 1 - decay ** count
 
 
-def _like(new, old):
-    """``new`` as an array in ``old``'s dtype."""
-    new, dtype = jnp.asarray(new), jnp.result_type(old)
-    return new if new.dtype == dtype else new.astype(dtype)
-
-
 def leafwise(
     rule: Callable[..., Any],
     state_cls: type,
@@ -172,13 +166,13 @@ def leafwise(
                 continue
             out = rule(*leaves, **{**scalars, **{k: v[i] for k, v in per_leaf.items()}})
             u, outs = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
-            new_updates.append(_like(u, leaves[0]))
+            new_updates.append(plumbing.cast_like(u, leaves[0]))
             for slot, new, old in zip(new_moments, outs, leaves[1 + needs_params:]):
-                slot.append(jax.tree.map(_like, new, old))
+                slot.append(jax.tree.map(plumbing.cast_like, new, old))
         if not state_cls._fields:
             return treedef.unflatten(new_updates), state
         fields = {n: treedef.unflatten(leaves) for n, leaves in zip(names, new_moments)}
-        fields.update({k: _like(v, getattr(state, k)) for k, v in carried.items()})
+        fields.update({k: plumbing.cast_like(v, getattr(state, k)) for k, v in carried.items()})
         if has_count:
             fields[count_field] = count
         for field in state_cls._fields:

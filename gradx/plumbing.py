@@ -110,6 +110,13 @@ def cast(tree: PyTree, dtype) -> PyTree:
     return jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), tree)
 
 
+def cast_like(new, old) -> jax.Array:
+    """``new`` as an array in ``old``'s dtype, converted only when the dtypes differ (so typed
+    PRNG keys, which have no ``astype`` outside ``jit``, and Python scalars both work)."""
+    new, dtype = jnp.asarray(new), jnp.asarray(old).dtype
+    return new if new.dtype == dtype else new.astype(dtype)
+
+
 def abs_sq(x: jax.Array) -> jax.Array:
     """``|x|²`` elementwise, real for complex ``x``."""
     return (jnp.conj(x) * x).real if jnp.iscomplexobj(x) else x * x

@@ -35,8 +35,7 @@ def cond_update(predicate: jax.typing.ArrayLike, inner: GradientTransformationEx
     def run(operands):
         upd, state, prm = operands
         new_updates, new_state = inner.update(upd, state, prm, **extra_args)
-        return new_updates, jax.tree.map(lambda new, old: jnp.asarray(new).astype(jnp.result_type(old)),
-                                         new_state, state)
+        return new_updates, jax.tree.map(plumbing.cast_like, new_state, state)
 
     out_shape = jax.eval_shape(lambda ops: run(ops)[0], (updates, inner_state, params))
 
@@ -241,8 +240,9 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
             fast=jax.tree.map(lambda u, d: u - sync * (1 - slow_step_size) * d, fast_updates, diff),
             slow=jax.tree.map(lambda d: slow_step_size * sync * d, diff))
         if reset_state:
-            fast_state = jax.tree.map(lambda fresh, old: jnp.where(sync, fresh, old).astype(old.dtype),
-                                      fast_optimizer.init(params.fast), fast_state)
+            fast_state = jax.tree.map(
+                lambda fresh, old: jnp.where(sync, plumbing.cast_like(fresh, old), old),
+                fast_optimizer.init(params.fast), fast_state)
         return new_updates, LookaheadState(fast_state, (state.steps_since_sync + 1) % sync_period)
 
     return GradientTransformationExtraArgs(init, update)

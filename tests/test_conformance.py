@@ -1,6 +1,8 @@
 """Defects that Optax's own tests, real programs written for Optax and the differential runs
 found in gradx: each case against optax 0.2.8 or a value worked out by hand."""
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,3 +42,40 @@ def test_none_updates_keep_the_state_of_their_leaf():
     assert updates["a"] is None
     np.testing.assert_array_equal(new_state[0].mu["a"], state[0].mu["a"])
     np.testing.assert_allclose(new_state[0].mu["b"], [0.1, 0.1], rtol=1e-6)
+
+
+# -- lookahead's reset on states holding Python scalars or typed PRNG keys ----------------------
+
+class _FlagAndKeyState(NamedTuple):
+    flag: Any
+    key: Any
+
+
+def _flag_and_key():
+    """A fast optimizer whose state holds a Python bool and a typed PRNG key."""
+
+    def init(params):
+        del params
+        return _FlagAndKeyState(True, jax.random.key(0))
+
+    def update(updates, state, params=None):
+        del params
+        return updates, _FlagAndKeyState(False, jax.random.split(state.key)[0])
+
+    return gradx.GradientTransformation(init, update)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_lookahead_reset_with_python_scalars_and_typed_keys(jit):
+    tx = gradx.lookahead(_flag_and_key(), sync_period=2, slow_step_size=0.5, reset_state=True)
+    params = gradx.LookaheadParams.init_synced(jnp.ones(2))
+    update = jax.jit(tx.update) if jit else tx.update
+    state = tx.init(params)
+    _, state = update(jnp.ones(2), state, params)  # no sync: the fast state moves on
+    assert not bool(state.fast_state.flag)
+    np.testing.assert_array_equal(jax.random.key_data(state.fast_state.key),
+                                  jax.random.key_data(jax.random.split(jax.random.key(0))[0]))
+    _, state = update(jnp.ones(2), state, params)  # sync: the fast state is initialised again
+    assert bool(state.fast_state.flag)
+    np.testing.assert_array_equal(jax.random.key_data(state.fast_state.key),
+                                  jax.random.key_data(jax.random.key(0)))
