@@ -181,9 +181,12 @@ def scale_by_backtracking_linesearch(
                                       decrease_factor * search.learning_rate, search.learning_rate)
             new_value = jnp.asarray(objective(add_scaled(params, learning_rate, updates)))
             new_value = new_value.astype(dtype)
-            return search._replace(learning_rate=learning_rate, new_value=new_value,
-                                   decrease_error=decrease_error(learning_rate, new_value),
-                                   iter_num=search.iter_num + 1)
+            # Hyperparameters given as arrays of another dtype (float64 under x64) must not
+            # change the carry's dtypes: cast back, as Optax does.
+            return _cast_like(search._replace(
+                learning_rate=learning_rate, new_value=new_value,
+                decrease_error=decrease_error(learning_rate, new_value),
+                iter_num=search.iter_num + 1), search)
 
         guess = jnp.minimum(increase_factor * state.learning_rate, max_learning_rate).astype(dtype)
         search = BacktrackingLineSearchState(
@@ -357,8 +360,11 @@ class _ZoomSearch:
         return ~(state.done | state.failed)
 
     def step(self, state: ZoomLinesearchState) -> ZoomLinesearchState:
-        state = jax.lax.cond(state.interval_found, self._zoom_step, self._bracket_step, state)
-        return jax.lax.cond(state.failed, self._fall_back_to_safe_step, lambda s: s, state)
+        # Both branches, and the loop's carry, keep the carry's dtypes whatever dtype the
+        # hyperparameters have (float64 arrays under x64, as in Optax's own tests).
+        new = jax.lax.cond(state.interval_found, lambda s: _cast_like(self._zoom_step(s), s),
+                           lambda s: _cast_like(self._bracket_step(s), s), state)
+        return jax.lax.cond(new.failed, self._fall_back_to_safe_step, lambda s: s, new)
 
     def run(self) -> ZoomLinesearchState:
         return jax.lax.while_loop(self.keep_going, self.step, self.initial_state())
@@ -535,8 +541,7 @@ def scale_by_zoom_linesearch(
     checks.positive("max_linesearch_steps", max_linesearch_steps)
     checks.positive("max_learning_rate", max_learning_rate)
     checks.non_negative("tol", tol)
-    checks.in_range("increase_factor", increase_factor, 1.0, float("inf"), low_open=True,
-                    high_open=False)
+    checks.positive("increase_factor", increase_factor)
     checks.in_range("slope_rtol", slope_rtol, 0.0, 1.0)
     checks.positive("curv_rtol", curv_rtol)
     checks.non_negative("approx_dec_rtol", approx_dec_rtol)

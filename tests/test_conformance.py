@@ -79,3 +79,48 @@ def test_lookahead_reset_with_python_scalars_and_typed_keys(jit):
     assert bool(state.fast_state.flag)
     np.testing.assert_array_equal(jax.random.key_data(state.fast_state.key),
                                   jax.random.key_data(jax.random.key(0)))
+
+
+# -- line searches keep their carry's dtypes whatever dtype the hyperparameters have ------------
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("search", ["backtracking", "zoom"])
+def test_linesearch_with_float64_hyperparameters_under_x64(search, dtype):
+    with jax.enable_x64(True):
+        def make(lib):
+            if search == "backtracking":
+                return lib.scale_by_backtracking_linesearch(
+                    max_backtracking_steps=10, slope_rtol=jnp.array(1e-4, jnp.float64),
+                    decrease_factor=jnp.array(0.5, jnp.float64), rtol=jnp.array(0.0, jnp.float64))
+            return lib.scale_by_zoom_linesearch(
+                max_linesearch_steps=10, slope_rtol=jnp.array(1e-4, jnp.float64),
+                curv_rtol=jnp.array(0.9, jnp.float64), tol=jnp.array(0.0, jnp.float64))
+
+        value_fn = lambda x: jnp.sum((x - 0.5) ** 2)  # noqa: E731
+        x = jnp.array([1.0, 2.0], dtype)
+        results = []
+        for lib in (gradx, optax):
+            tx = make(lib)
+            value, grad = jax.value_and_grad(value_fn)(x)
+            updates, state = jax.jit(
+                lambda g, s, p, tx=tx: tx.update(jax.tree.map(jnp.negative, g), s, p, value=value,
+                                                 grad=g, value_fn=value_fn))(grad, tx.init(x), x)
+            results.append((updates, state.learning_rate))
+        (ours, our_lr), (theirs, their_lr) = results
+        assert ours.dtype == dtype and our_lr.dtype == their_lr.dtype
+        np.testing.assert_allclose(np.float64(our_lr), np.float64(their_lr), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(ours, np.float64), np.asarray(theirs, np.float64),
+                                   rtol=1e-2 if dtype == jnp.bfloat16 else 1e-6)
+
+
+def test_zoom_linesearch_accepts_any_positive_increase_factor():
+    """Optax's own dtype test builds the zoom search with ``increase_factor=1e-5``: a factor
+    below 1 shrinks the trial steps, odd but not impossible; only ``<= 0`` is rejected."""
+    value_fn = lambda x: jnp.sum(x ** 2)  # noqa: E731
+    x = jnp.array([1.0, 2.0])
+    for lib in (gradx, optax):
+        tx = lib.scale_by_zoom_linesearch(5, increase_factor=0.5)
+        _, state = tx.update(-x, tx.init(x), x, value=value_fn(x), grad=2 * x, value_fn=value_fn)
+        assert float(state.learning_rate) == 1.0  # the first guess, 1, is the exact minimum
+    with pytest.raises(ValueError, match="increase_factor must be > 0"):
+        gradx.scale_by_zoom_linesearch(5, increase_factor=0.0)
