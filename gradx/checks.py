@@ -17,7 +17,8 @@ def _concrete(value: Any) -> Optional[float]:
         array = np.asarray(value)
     except Exception:  # noqa: BLE001 - anything that is not an array is not checked
         return None
-    if array.dtype.kind not in "biuf" or array.size != 1:
+    numeric = array.dtype.kind in "biuf" or jax.dtypes.issubdtype(array.dtype, np.floating)
+    if not numeric or array.size != 1:  # bfloat16 and float8 are numpy kind 'V'
         return None
     return float(array.reshape(()))
 

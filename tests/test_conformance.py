@@ -124,3 +124,12 @@ def test_zoom_linesearch_accepts_any_positive_increase_factor():
         assert float(state.learning_rate) == 1.0  # the first guess, 1, is the exact minimum
     with pytest.raises(ValueError, match="increase_factor must be > 0"):
         gradx.scale_by_zoom_linesearch(5, increase_factor=0.0)
+
+
+# -- hyperparameters in low-precision dtypes are validated too ----------------------------------
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float8_e4m3fn, jnp.float16])
+def test_low_precision_hyperparameters_are_validated(dtype):
+    with pytest.raises(ValueError, match=r"b1 must be in \[0.0, 1.0\), got b1=Array\(1.5"):
+        gradx.adam(0.1, b1=jnp.array(1.5, dtype))
+    gradx.adam(0.1, b1=jnp.array(0.875, dtype))  # exact in every one of these dtypes
