@@ -133,3 +133,23 @@ def test_low_precision_hyperparameters_are_validated(dtype):
     with pytest.raises(ValueError, match=r"b1 must be in \[0.0, 1.0\), got b1=Array\(1.5"):
         gradx.adam(0.1, b1=jnp.array(1.5, dtype))
     gradx.adam(0.1, b1=jnp.array(0.875, dtype))  # exact in every one of these dtypes
+
+
+# -- masked (and everything built on it) takes optax.tree.map_params's placeholder -------------
+
+def test_map_params_through_masked_states():
+    params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
+    decay_w = lambda p: {"w": True, "b": False}  # noqa: E731  (a mask function)
+    for make in (lambda lib: lib.adamw(0.1, mask=decay_w),
+                 lambda lib: lib.masked(lib.adam(0.1), decay_w),
+                 lambda lib: lib.partition({"a": lib.adam(0.1), "s": lib.sgd(0.1, 0.9)},
+                                           {"w": "a", "b": "s"})):
+        results = []
+        for lib in (gradx, optax):
+            tx = make(lib)
+            state = tx.init(params)
+            results.append(optax.tree.map_params(tx, lambda p: p.astype(jnp.bfloat16), state))
+        ours, theirs = results
+        assert ([(x.shape, x.dtype) for x in jax.tree.leaves(ours)]
+                == [(x.shape, x.dtype) for x in jax.tree.leaves(theirs)])
+        assert any(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(ours))
