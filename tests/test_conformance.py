@@ -153,3 +153,30 @@ def test_map_params_through_masked_states():
         assert ([(x.shape, x.dtype) for x in jax.tree.leaves(ours)]
                 == [(x.shape, x.dtype) for x in jax.tree.leaves(theirs)])
         assert any(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(ours))
+
+
+# -- wrappers hand extra arguments to an inner transformation built by Optax ---------------------
+
+_WRAPPERS = {
+    "chain": lambda inner: gradx.chain(gradx.identity(), inner),
+    "named_chain": lambda inner: gradx.named_chain(("id", gradx.identity()), ("inner", inner)),
+    "masked": lambda inner: gradx.masked(inner, {"w": True}),
+    "partition": lambda inner: gradx.partition({"a": inner}, {"w": "a"}),
+    "MultiSteps": lambda inner: gradx.MultiSteps(inner, 1).gradient_transformation(),
+    "apply_if_finite": lambda inner: gradx.apply_if_finite(inner, 2),
+    "skip_bad_steps": lambda inner: gradx.skip_bad_steps(inner),
+    "flatten": lambda inner: gradx.flatten(inner),
+    "conditionally_transform": lambda inner: gradx.conditionally_transform(inner, lambda s: True),
+    "with_telemetry": lambda inner: gradx.with_telemetry(inner),
+    "inject_hyperparams": lambda inner: gradx.inject_hyperparams(
+        lambda learning_rate: gradx.chain(inner, gradx.scale(learning_rate)))(learning_rate=1.0),
+}
+
+
+@pytest.mark.parametrize("wrapper", sorted(_WRAPPERS))
+def test_wrappers_forward_extra_args_to_optax_objects(wrapper):
+    """optax.scale_by_polyak needs ``value=``: a wrapper that dropped it would raise."""
+    params, grads = {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 4.0])}
+    tx = _WRAPPERS[wrapper](optax.scale_by_polyak(max_learning_rate=10.0))
+    updates, _ = tx.update(grads, tx.init(params), params, value=jnp.array(5.0))
+    np.testing.assert_allclose(updates["w"], [0.6, 0.8], rtol=1e-6)  # (5 / 25) · g
