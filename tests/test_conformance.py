@@ -180,3 +180,34 @@ def test_wrappers_forward_extra_args_to_optax_objects(wrapper):
     tx = _WRAPPERS[wrapper](optax.scale_by_polyak(max_learning_rate=10.0))
     updates, _ = tx.update(grads, tx.init(params), params, value=jnp.array(5.0))
     np.testing.assert_allclose(updates["w"], [0.6, 0.8], rtol=1e-6)  # (5 / 25) · g
+
+
+# -- the line searches print Optax's flags --------------------------------------------------------
+
+_FLAGS = ("FLAG_INTERVAL_NOT_FOUND", "FLAG_INTERVAL_TOO_SMALL",
+          "FLAG_CURVATURE_COND_NOT_SATISFIED", "FLAG_NO_STEPSIZE_FOUND",
+          "FLAG_NOT_A_DESCENT_DIRECTION")
+
+
+def _zoom_output(lib, capsys, start, **kwargs):
+    """What a verbose zoom search from ``start`` along ``[1, 0]`` on ``‖x‖²`` prints."""
+    fn = lambda x: jnp.dot(x, x)  # noqa: E731
+    opt = lib.scale_by_zoom_linesearch(curv_rtol=0.5, verbose=True, **kwargs)
+    w, u = start * jnp.array([1.0, 0.0]), jnp.array([1.0, 0.0])
+    value, grad = jax.value_and_grad(fn)(w)
+    opt.update(u, opt.init(w), w, value=value, grad=grad, value_fn=fn)
+    jax.effects_barrier()
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("start,kwargs", [
+    (60.0, {"max_linesearch_steps": 18}),                            # not a descent direction
+    (-60.0, {"max_linesearch_steps": 10, "max_learning_rate": 10.0}),  # max step too small
+], ids=["not_descent", "max_too_small"])
+def test_zoom_linesearch_prints_optax_flags(capsys, start, kwargs):
+    from gradx import linesearch as ours
+    from optax._src import linesearch as theirs
+    assert [getattr(ours, f) for f in _FLAGS] == [getattr(theirs, f) for f in _FLAGS]
+    printed = {lib.__name__: _zoom_output(lib, capsys, start, **kwargs) for lib in (gradx, optax)}
+    flags = {name: [f for f in _FLAGS if getattr(theirs, f) in out] for name, out in printed.items()}
+    assert flags["gradx"] == flags["optax"] and flags["gradx"]
