@@ -91,6 +91,25 @@ def debias_factor(decay, count) -> jax.Array:
     return 1 - decay ** count
 
 
+def _compiled(step_scalars: Callable[..., Any]) -> Callable[..., Any]:
+    """``step_scalars`` under ``jax.jit(inline=True)``, as Optax jits its bias correction.
+
+    Inside a jitted update it is inlined (the same program); outside ``jit`` it runs as one
+    cached program instead of op by op, where ``b1 ** count`` on a concrete count compiles a new
+    ``integer_pow`` at every step and rounds differently from the jitted update. A function that
+    cannot be traced (a schedule branching on the count in Python) runs as it is.
+    """
+    compiled = jax.jit(step_scalars, inline=True)
+
+    def call(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except jax.errors.ConcretizationTypeError:
+            return step_scalars(*args, **kwargs)
+
+    return call
+
+
 def leafwise(
     rule: Callable[..., Any],
     state_cls: type,
@@ -116,7 +135,9 @@ def leafwise(
       moments: the per-leaf state, in the order the rule takes and returns it.
       step_scalars: ``step_scalars(count, **inputs)`` with ``count`` the step number after the
         increment (1 on the first update; ``None`` without a count field) returns the keyword
-        scalars of the rule; a ``PerLeaf`` value gives each leaf its own.
+        scalars of the rule; a ``PerLeaf`` value gives each leaf its own. It runs under
+        ``jax.jit(inline=True)`` (unless it takes ``extra_args``), so an update outside ``jit``
+        compiles it once and gets the jitted numbers.
       needs_params: pass each parameter leaf to the rule after ``g``.
       elementwise: the rule uses no reduction over its leaf.
       count_field: the state's step-count field.
@@ -138,12 +159,18 @@ def leafwise(
             fields[count_field] = jnp.zeros([], jnp.int32)
         return state_cls(**fields)
 
+    compiled_scalars = None if step_scalars is None else _compiled(step_scalars)
+
     def scalars_for(count, state, updates, params, extra_args):
         trees = {"state": state, "updates": updates, "params": params}
         inputs = {name: trees[name] for name in step_inputs if name != "extra_args"}
-        inputs.update(extra_args)
         inputs.update({name: getattr(state, name) for name in carry})
-        out = step_scalars(count, **inputs) if step_scalars is not None else {}
+        if step_scalars is None:
+            out = {}
+        elif "extra_args" in step_inputs:  # any Python object may come in: no jit
+            out = step_scalars(count, **inputs, **extra_args)
+        else:
+            out = compiled_scalars(count, **inputs)
         return out if carry else (out, {})
 
     def update(updates, state, params=None, **extra_args):

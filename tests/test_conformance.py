@@ -1,6 +1,7 @@
 """Defects that Optax's own tests, real programs written for Optax and the differential runs
 found in gradx: each case against optax 0.2.8 or a value worked out by hand."""
 
+import logging
 from typing import Any, NamedTuple
 
 import jax
@@ -211,3 +212,39 @@ def test_zoom_linesearch_prints_optax_flags(capsys, start, kwargs):
     printed = {lib.__name__: _zoom_output(lib, capsys, start, **kwargs) for lib in (gradx, optax)}
     flags = {name: [f for f in _FLAGS if getattr(theirs, f) in out] for name, out in printed.items()}
     assert flags["gradx"] == flags["optax"] and flags["gradx"]
+
+
+# -- outside jit, the Adam family compiles a bounded number of programs and gives jit's numbers ---
+
+def _compiles_during(fn, caplog):
+    """How many XLA programs ``fn()`` compiles (JAX logs each compilation)."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles(True):
+        fn()
+    return sum("Compiling" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("make", [lambda: gradx.adam(1e-3), lambda: gradx.radam(1e-3)],
+                         ids=["adam", "radam"])
+def test_eager_updates_compile_once_and_match_jit(make, caplog):
+    tx = make()
+    params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(3, 2), "b": jnp.zeros(2)}
+    grads = [jax.tree.map(lambda p, i=i: jnp.cos(p * (i + 1)) + 0.1, params) for i in range(23)]
+    eager, jitted = [], []
+    state = jstate = tx.init(params)
+    update = jax.jit(tx.update)
+
+    def steps(first, last):
+        nonlocal state
+        for g in grads[first:last]:
+            u, state = tx.update(g, state, params)
+            eager.append(u)
+
+    steps(0, 3)  # the first steps compile each primitive once
+    assert _compiles_during(lambda: steps(3, 23), caplog) == 0  # was one program per step
+    for g in grads:
+        u, jstate = update(g, jstate, params)
+        jitted.append(u)
+    # 1 - 0.999**t evaluated eagerly rounded differently (up to 1e-5 relative)
+    assert_trees_close(eager, jitted, rtol=1e-6, atol=1e-9)  # updates are ~1e-3
+
