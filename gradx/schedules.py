@@ -19,9 +19,6 @@ The fourteen Optax 0.2.8 schedules keep Optax's names, arguments and values. Whe
   ``start * left + end * done``. The values are the same functions; in float32 they agree with
   Optax to Optax's rounding error, and are accurate to a few ulps where Optax's lose digits
   (the last steps of a cosine decay to zero).
-* A constant schedule (also ``polynomial_schedule`` with ``transition_steps <= 0`` and
-  ``exponential_decay`` with ``transition_steps <= 0`` or ``decay_rate == 0``) returns an array
-  shaped like ``count`` in the count's float dtype rather than the bare constant.
 * ``join_schedules`` checks ``len(boundaries) == len(schedules) - 1`` (Optax silently drops the
   extra ones) and ``sgdr_schedule`` rejects an empty list at construction (Optax raises
   ``IndexError`` on the first call).
@@ -56,14 +53,15 @@ __all__ = [
 
 def _float_count(count) -> jax.Array:
     """``count`` as a float array: an integer count becomes the default float dtype (float32, or
-    float64 under x64); a Python int of any size is converted without going through int32."""
-    default_float = jnp.result_type(float)
+    float64 under x64), weakly typed as Optax's schedules are (so a value of the schedule takes
+    the dtype of what it multiplies: bfloat16 params stay bfloat16); a Python int of any size is
+    converted without going through int32."""
     if isinstance(count, int):
-        return jnp.asarray(float(count), default_float)
+        return jnp.asarray(float(count))
     count = jnp.asarray(count)
     if jnp.issubdtype(count.dtype, jnp.floating):
         return count
-    return count.astype(default_float)
+    return count + 0.0  # int -> weakly typed default float, exactly for counts below 2**24
 
 
 def _steps(steps):
@@ -72,8 +70,8 @@ def _steps(steps):
 
 
 def _constant(value) -> Schedule:
-    """``value`` at every count, shaped like the count and in its float dtype."""
-    return lambda count: value + jnp.zeros_like(_float_count(count))
+    """``value`` itself at every count, as Optax's constant schedules."""
+    return lambda count: value
 
 
 def _linear(start, end, done, left):
@@ -139,10 +137,7 @@ def _check_decay_after_warmup(warmup_steps, decay_steps) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def constant_schedule(value) -> Schedule:
-    """A constant schedule: ``value`` at every step.
-
-    Differs from Optax: returns an array shaped like the count (Optax returns ``value`` itself).
-    """
+    """A constant schedule: ``value`` itself at every step (as Optax)."""
     return _constant(value)
 
 

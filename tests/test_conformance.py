@@ -248,3 +248,41 @@ def test_eager_updates_compile_once_and_match_jit(make, caplog):
     # 1 - 0.999**t evaluated eagerly rounded differently (up to 1e-5 relative)
     assert_trees_close(eager, jitted, rtol=1e-6, atol=1e-9)  # updates are ~1e-3
 
+
+# -- schedules are weakly typed, as Optax's ---------------------------------------------------------
+
+_SCHEDULES = {
+    "constant": lambda lib: lib.constant_schedule(5),
+    "polynomial": lambda lib: lib.polynomial_schedule(1.0, 0.1, 2, 10),
+    "linear": lambda lib: lib.linear_schedule(1.0, 0.1, 10),
+    "piecewise_constant": lambda lib: lib.piecewise_constant_schedule(1.0, {3: 0.5}),
+    "exponential_decay": lambda lib: lib.exponential_decay(1.0, 5, 0.5),
+    "cosine_decay": lambda lib: lib.cosine_decay_schedule(1.0, 10),
+    "warmup_cosine_decay": lambda lib: lib.warmup_cosine_decay_schedule(0.0, 1.0, 5, 10),
+    "join": lambda lib: lib.join_schedules([lib.constant_schedule(1.0),
+                                            lib.linear_schedule(1.0, 0.0, 5)], [3]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SCHEDULES))
+def test_schedules_are_weakly_typed(name):
+    ours, theirs = _SCHEDULES[name](gradx), _SCHEDULES[name](optax)
+    for count in (7, jnp.int32(7)):
+        a, b = ours(count), theirs(count)
+        if name == "constant":  # the value itself
+            assert a == b == 5 and type(a) is type(b) is int
+            continue
+        if b.weak_type:
+            assert a.weak_type, (name, count)
+        np.testing.assert_allclose(np.float64(a), np.float64(b), rtol=1e-6)
+
+
+def test_schedule_values_keep_bfloat16_params_bfloat16_in_fori_loop():
+    sched = gradx.warmup_cosine_decay_schedule(0.0, 0.5, 2, 10)
+    g = jnp.full(3, 0.25, jnp.bfloat16)
+    p = jax.lax.fori_loop(0, 6, lambda i, p: p - sched(i) * g, jnp.ones(3, jnp.bfloat16))
+    assert p.dtype == jnp.bfloat16  # a float32 value made the carry float32: a TypeError
+    expected = jnp.ones(3, jnp.bfloat16)
+    for i in range(6):
+        expected = expected - jnp.asarray(float(sched(i)), jnp.bfloat16) * g
+    np.testing.assert_array_equal(np.asarray(p, np.float32), np.asarray(expected, np.float32))
