@@ -286,3 +286,21 @@ def test_schedule_values_keep_bfloat16_params_bfloat16_in_fori_loop():
     for i in range(6):
         expected = expected - jnp.asarray(float(sched(i)), jnp.bfloat16) * g
     np.testing.assert_array_equal(np.asarray(p, np.float32), np.asarray(expected, np.float32))
+
+
+def test_linear_schedules_are_exact_where_optax_cancels():
+    """Documented difference (README): gradx's linear pieces are within 2e-7 of the exact
+    value; Optax's ``1 - k/T`` cancels near the end (7e-5 here), and the two differ by that."""
+    counts = jnp.arange(0, 1005, dtype=jnp.int32)
+    k = np.clip(np.arange(0, 1005), 0, 1000)
+    exact = 1e-3 * (1000 - k) / 1000
+    for lib_schedule, tolerance in ((gradx.linear_schedule(1e-3, 0.0, 1000), 2.5e-7),
+                                    (optax.linear_schedule(1e-3, 0.0, 1000), 7.5e-5)):
+        values = np.asarray(jax.vmap(lib_schedule)(counts), np.float64)
+        error = np.abs(values - exact)[k < 1000] / exact[k < 1000]
+        assert error.max() < tolerance
+        assert np.all(values[k == 1000] == 0.0)
+    joined = gradx.join_schedules([gradx.constant_schedule(0.0),
+                                   gradx.linear_schedule(1e-3, 0.0, 1000)], [5])
+    np.testing.assert_allclose(np.asarray(jax.vmap(joined)(counts + 5), np.float64)[k < 1000],
+                               exact[k < 1000], rtol=2.5e-7)
