@@ -304,3 +304,23 @@ def test_linear_schedules_are_exact_where_optax_cancels():
                                    gradx.linear_schedule(1e-3, 0.0, 1000)], [5])
     np.testing.assert_allclose(np.asarray(jax.vmap(joined)(counts + 5), np.float64)[k < 1000],
                                exact[k < 1000], rtol=2.5e-7)
+
+
+# -- messages and logging ---------------------------------------------------------------------
+
+def test_torch_state_in_another_leaf_order_suggests_names():
+    """torch numbers parameters in module order; a Flax dict sorts its keys: the shape error
+    says to pass names=, not convert=."""
+    torch = pytest.importorskip("torch")
+    from gradx import torch_compat as tc
+    w1, w0 = torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.ones(4))
+    opt = torch.optim.Adam([w1, w0], lr=0.1)  # torch's order: w1 then w0
+    w1.grad, w0.grad = torch.ones(3, 2), torch.ones(4)
+    opt.step()
+    params = {"w0": jnp.ones(4), "w1": jnp.ones((3, 2))}  # leaves: w0 then w1
+    with pytest.raises(ValueError, match=r"torch parameter\(s\) \[1\] have that shape.*names="):
+        tc.from_torch_state_dict(tc.adam(0.1), params, opt.state_dict())
+    state = tc.from_torch_state_dict(tc.adam(0.1), params, opt.state_dict(),
+                                     names={"w0": 1, "w1": 0})
+    np.testing.assert_allclose(state.exp_avg["w1"], np.full((3, 2), 0.1), rtol=1e-6)
+
