@@ -18,6 +18,8 @@ from gradx import plumbing
 from gradx.base import (NO_PARAMS_MSG, GradientTransformation, GradientTransformationExtraArgs,
                         safe_increment, with_extra_args_support)
 
+_LOG = logging.getLogger(__name__)  # "gradx.wrappers", not the root logger
+
 
 def cond_update(predicate: jax.typing.ArrayLike, inner: GradientTransformationExtraArgs,
                 updates: Any, inner_state: Any, params: Any = None, extra_args: Optional[dict] = None,
@@ -222,7 +224,7 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
     def init(params):
         fast = getattr(params, "fast", None)
         if fast is None:
-            logging.warning("lookahead: `params` has no `fast` attribute; using them as the fast "
+            _LOG.warning("lookahead: `params` has no `fast` attribute; using them as the fast "
                             "parameters (pass LookaheadParams.init_synced(params)).")
             fast = params
         return LookaheadState(fast_state=fast_optimizer.init(fast),

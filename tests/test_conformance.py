@@ -324,3 +324,10 @@ def test_torch_state_in_another_leaf_order_suggests_names():
                                      names={"w0": 1, "w1": 0})
     np.testing.assert_allclose(state.exp_avg["w1"], np.full((3, 2), 0.1), rtol=1e-6)
 
+
+def test_lookahead_warns_through_a_named_logger(caplog):
+    with caplog.at_level(logging.WARNING):
+        gradx.lookahead(gradx.sgd(0.1), 2, 0.5).init(jnp.ones(2))
+    assert [r.name for r in caplog.records] == ["gradx.wrappers"]
+    assert "no `fast` attribute" in caplog.records[0].getMessage()
+
