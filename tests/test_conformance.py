@@ -331,3 +331,15 @@ def test_lookahead_warns_through_a_named_logger(caplog):
     assert [r.name for r in caplog.records] == ["gradx.wrappers"]
     assert "no `fast` attribute" in caplog.records[0].getMessage()
 
+
+@pytest.mark.parametrize("debias", [False, True])
+def test_ema_accepts_decay_one(debias):
+    """As Optax, ``decay=1`` is accepted (the EMA stays at its initial 0). With ``debias``
+    Optax divides that 0 by ``1 - 1^t = 0`` and emits NaN; gradx emits the 0 (README)."""
+    grads = {"w": jnp.array([1.0, -2.0])}
+    ours, theirs = gradx.ema(1.0, debias=debias), optax.ema(1.0, debias=debias)
+    u, s = jax.jit(ours.update)(grads, ours.init(grads))
+    v, t = jax.jit(theirs.update)(grads, theirs.init(grads))
+    assert_trees_close(s, t)
+    np.testing.assert_array_equal(u["w"], [0.0, 0.0])
+    assert np.all(np.isnan(v["w"])) if debias else np.array_equal(v["w"], [0.0, 0.0])
