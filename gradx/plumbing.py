@@ -132,14 +132,40 @@ def squared_norm(tree: PyTree) -> jax.Array:
 
 def leaf_norm(x: jax.Array, floor=0.0) -> jax.Array:
     """``max(‖x‖₂, floor)`` over all the elements of one leaf (complex-correct; see
-    ``floored_sqrt`` for the gradient where the norm is below ``floor``)."""
-    return floored_sqrt(jnp.sum(abs_sq(x)), floor)
+    ``floored_sqrt`` for the gradient where the norm is below ``floor``, and ``scaled_squares``
+    for leaves whose squares overflow or underflow)."""
+    s, scale = scaled_squares(x, jnp.sum)
+    return floored_sqrt(s, floor, scale)
 
 
 def leaf_rms(x: jax.Array, floor=0.0) -> jax.Array:
-    """``max(sqrt(mean |x|²), floor)`` over all the elements of one leaf (see
-    ``floored_sqrt``)."""
-    return floored_sqrt(jnp.mean(abs_sq(x)), floor)
+    """``max(sqrt(mean |x|²), floor)`` over all the elements of one leaf (see ``leaf_norm``)."""
+    s, scale = scaled_squares(x, jnp.mean)
+    return floored_sqrt(s, floor, scale)
+
+
+def scaled_squares(x: jax.Array, reduce=jnp.sum):
+    """``(s, scale)`` with ``reduce(|x|²) = scale²·s``, so that ``scale·√s`` is the norm (or the
+    RMS, with ``jnp.mean``) even where ``|x|²`` overflows (``|x| > 1.8e19`` in float32) or
+    underflows (``|x| < 1e-19``).
+
+    The leaf is reduced once, unscaled (``scale = 1``). Only when that sum is not finite or below
+    the smallest normal number is it reduced again from ``x / 2^e``, ``2^e`` the power of two
+    just above ``max |x|`` (an exact division), under ``lax.cond``: no full-size temporary either
+    way, and one reduction on ordinary leaves. (Optax's norms overflow or underflow there; its
+    ``jnp.linalg.norm`` is exact only on one-element leaves.) The scale carries no gradient: the
+    gradient of ``scale·√s`` is that of the norm.
+    """
+    s = reduce(abs_sq(x))
+
+    def rescaled(x):
+        top = jnp.max(jnp.abs(x), initial=0).astype(s.dtype)
+        _, exponent = jnp.frexp(jnp.where(jnp.isfinite(top) & (top > 0), top, 1))
+        scale = jax.lax.stop_gradient(jnp.ldexp(jnp.ones_like(s), exponent))
+        return reduce(abs_sq(x / scale)).astype(s.dtype), scale
+
+    unscaled = jnp.logical_and(jnp.isfinite(s), s >= jnp.finfo(s.dtype).tiny)
+    return jax.lax.cond(unscaled, lambda x: (s, jnp.ones_like(s)), rescaled, x)
 
 
 def separate(*xs):
@@ -154,16 +180,17 @@ def separate(*xs):
     return jax.lax.optimization_barrier(xs)
 
 
-def floored_sqrt(s: jax.Array, floor) -> jax.Array:
-    """``max(√s, floor)`` for a reduced ``s ≥ 0`` (a sum or mean of squares), whose gradient is 0,
-    not NaN, where ``√s <= floor`` (e.g. the norm of an all-zero leaf), as Optax's ``safe_norm``.
+def floored_sqrt(s: jax.Array, floor=0.0, scale=1.0) -> jax.Array:
+    """``max(scale·√s, floor)`` for a reduced ``s ≥ 0`` (a sum or mean of squares, scaled by
+    ``scale²``: ``scaled_squares``), whose gradient is 0, not NaN, where the root is ``<= floor``
+    (e.g. the norm of an all-zero leaf), as Optax's ``safe_norm``.
 
     Optax gets the safe gradient by reducing the whole leaf a second time, with ones where the
     norm is small; a scalar ``where`` on ``s`` gives the same values and gradients without that
     second pass and its full-size temporary.
     """
-    small = jnp.sqrt(s) <= floor
-    return jnp.where(small, floor, jnp.sqrt(jnp.where(small, 1.0, s)))
+    small = scale * jnp.sqrt(s) <= floor
+    return jnp.where(small, floor, scale * jnp.sqrt(jnp.where(small, 1.0, s)))
 
 
 def global_norm(tree: PyTree) -> jax.Array:

@@ -343,3 +343,41 @@ def test_ema_accepts_decay_one(debias):
     assert_trees_close(s, t)
     np.testing.assert_array_equal(u["w"], [0.0, 0.0])
     assert np.all(np.isnan(v["w"])) if debias else np.array_equal(v["w"], [0.0, 0.0])
+
+
+# -- norms and RMS of leaves whose squares overflow or underflow ----------------------------------
+
+@pytest.mark.parametrize("value", [1e-30, 1e-25, 1e20, 3e37])
+@pytest.mark.parametrize("size", [1, 4])
+def test_trust_ratio_norms_scale_their_squares(value, size):
+    """The trust ratio of a leaf equal to ``value`` everywhere against a gradient of ones is
+    ``‖p‖/‖g‖ = value``: Optax's is right on one-element leaves only (``jnp.linalg.norm``
+    special-cases them), and 1 or inf on larger ones."""
+    p, g = {"w": jnp.full(size, value)}, {"w": jnp.ones(size)}
+    for tx in (gradx.scale_by_trust_ratio(), gradx.lamb(1.0, b1=0.0, b2=0.0, eps=0.0)):
+        updates, _ = jax.jit(tx.update)(g, tx.init(p), p)
+        np.testing.assert_allclose(np.abs(np.asarray(updates["w"], np.float64)), value, rtol=1e-6)
+    if size == 1:
+        tx = optax.scale_by_trust_ratio()
+        np.testing.assert_allclose(tx.update(g, tx.init(p), p)[0]["w"], value, rtol=1e-6)
+
+
+@pytest.mark.parametrize("size", [1, 4])
+def test_clip_by_block_rms_of_huge_and_tiny_gradients(size):
+    for value, expected in ((1e21, 1.0), (-3e30, -1.0), (1e-30, 1e-30)):
+        g = {"w": jnp.full(size, value)}
+        tx = gradx.clip_by_block_rms(1.0)
+        np.testing.assert_allclose(jax.jit(tx.update)(g, tx.init(g))[0]["w"], expected, rtol=1e-6)
+
+
+def test_scaled_norms_keep_gradients_and_the_floor():
+    from gradx.plumbing import leaf_norm, leaf_rms
+    x = jnp.array([3e20, 4e20, 0.0])
+    np.testing.assert_allclose(leaf_norm(x), 5e20, rtol=1e-6)
+    np.testing.assert_allclose(leaf_rms(jnp.array([3e-20, 4e-20, 0.0])), 5e-20 / np.sqrt(3),
+                               rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(leaf_norm)(x), [0.6, 0.8, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(jax.grad(lambda x: leaf_norm(x, 1.0))(jnp.zeros(3)), 0.0)
+    assert float(leaf_norm(jnp.zeros((0, 3)))) == 0.0  # size 0: no maximum to scale by
+    np.testing.assert_allclose(leaf_norm(jnp.array([3e20 + 4e20j], jnp.complex64)), 5e20,
+                               rtol=1e-6)
