@@ -145,6 +145,11 @@ class MultiSteps:
     - ``accumulator_dtype=None`` (the default) accumulates each leaf in ``float32`` or its own
       dtype when wider (float64 under x64, complex kept complex); Optax's ``float32`` default
       loses precision under x64 and drops imaginary parts.
+    - a NaN or Inf gradient (without ``should_skip_update_fn=skip_not_finite``) reaches the
+      inner optimizer at the window's emitting step, as in Optax, but stays in that window: the
+      other mini-steps return zeros and the accumulator is reset to zeros after the emit. Optax
+      multiplies by 0 instead (``emit·u``, ``(1 - emit)·acc``), so its mini-steps return NaN
+      and its accumulator stays NaN for every later window.
 
     Examples:
       >>> opt = gradx.MultiSteps(gradx.sgd(learning_rate=1.0), every_k_schedule=2)

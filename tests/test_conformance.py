@@ -381,3 +381,40 @@ def test_scaled_norms_keep_gradients_and_the_floor():
     assert float(leaf_norm(jnp.zeros((0, 3)))) == 0.0  # size 0: no maximum to scale by
     np.testing.assert_allclose(leaf_norm(jnp.array([3e20 + 4e20j], jnp.complex64)), 5e20,
                                rtol=1e-6)
+
+
+# -- a NaN gradient in MultiSteps and lookahead (documented differences) ---------------------------
+
+def test_multi_steps_keeps_a_nan_in_its_window():
+    grads = [jnp.array([jnp.nan, 1.0])] + [jnp.ones(2)] * 5
+    history = {}
+    for lib in (gradx, optax):
+        tx = lib.MultiSteps(lib.sgd(1.0), 2)
+        state, out = tx.init(jnp.zeros(2)), []
+        for g in grads:
+            u, state = jax.jit(tx.update)(g, state, jnp.zeros(2))
+            out.append(np.asarray(u))
+        history[lib.__name__] = (np.array(out), state)
+    ours, our_state = history["gradx"]
+    theirs, their_state = history["optax"]
+    np.testing.assert_array_equal(ours[1], theirs[1])  # the emitted update: [nan, -1] in both
+    assert np.isnan(ours[1, 0])
+    np.testing.assert_array_equal(ours[[0, 2, 4]], 0.0)  # mini-steps: zeros
+    np.testing.assert_array_equal(ours[[3, 5]], -1.0)  # later windows: the mean, -g
+    assert np.all(np.isnan(theirs[2:, 0]))  # Optax: NaN for good
+    np.testing.assert_array_equal(our_state.acc_grads, 0.0)
+    assert np.isnan(their_state.acc_grads[0])
+
+
+def test_lookahead_reset_clears_a_nan_fast_state():
+    states = {}
+    for lib in (gradx, optax):
+        tx = lib.lookahead(lib.adam(0.1), 2, 0.5, reset_state=True)
+        params = lib.LookaheadParams.init_synced(jnp.zeros(2))
+        state = tx.init(params)
+        for g in (jnp.array([jnp.nan, 1.0]), jnp.ones(2)):  # the second step syncs
+            _, state = jax.jit(tx.update)(g, state, params)
+        states[lib.__name__] = state.fast_state[0]
+    np.testing.assert_array_equal(states["gradx"].mu, 0.0)  # a fresh state
+    np.testing.assert_array_equal(states["gradx"].count, 0)
+    assert np.isnan(states["optax"].mu[0]) and states["optax"].mu[1] == 0.0
