@@ -39,11 +39,12 @@ def skip_not_finite(updates: Any, gradient_step: jax.typing.ArrayLike, params: O
                     ) -> tuple[jax.Array, Any]:
     """Skips a mini-step whose gradients contain a NaN or an Inf.
 
-    Returns ``(should_skip, {'should_skip', 'num_not_finite'})`` as Optax's.
+    Returns ``(should_skip, {'should_skip', 'num_not_finite'})`` as Optax's; the count has the
+    default integer dtype (int64 under x64), as Optax's.
     """
     del gradient_step, params
-    counts = [jnp.sum(~jnp.isfinite(x)).astype(jnp.int32) for x in jax.tree.leaves(updates)]
-    num_not_finite = sum(counts, jnp.zeros([], jnp.int32))
+    counts = [jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves(updates)]
+    num_not_finite = sum(counts, jnp.zeros([], jnp.result_type(int)))
     should_skip = num_not_finite > 0
     return should_skip, {"should_skip": should_skip, "num_not_finite": num_not_finite}
 

@@ -418,3 +418,40 @@ def test_lookahead_reset_clears_a_nan_fast_state():
     np.testing.assert_array_equal(states["gradx"].mu, 0.0)  # a fresh state
     np.testing.assert_array_equal(states["gradx"].count, 0)
     assert np.isnan(states["optax"].mu[0]) and states["optax"].mu[1] == 0.0
+
+
+# -- counters and sums under x64 have Optax's dtypes ---------------------------------------------
+
+def test_x64_dtypes_of_skip_counts_and_dog_sums():
+    with jax.enable_x64(True):
+        params = {"w": jnp.ones(3), "b": jnp.ones((2, 2))}
+        grads = {"w": jnp.array([1.0, jnp.nan, jnp.inf]), "b": jnp.ones((2, 2))}
+        for lib in (gradx, optax):
+            skip, info = lib.skip_not_finite(grads, jnp.zeros([], jnp.int32), params)
+            assert bool(skip) and int(info["num_not_finite"]) == 2
+            assert info["num_not_finite"].dtype == jnp.int64, lib.__name__
+            tx = lib.MultiSteps(lib.sgd(0.1), 2, should_skip_update_fn=lib.skip_not_finite)
+            _, state = jax.jit(tx.update)(grads, tx.init(params), params)  # a fixed carry type
+            assert state.skip_state["num_not_finite"].dtype == jnp.int64
+        ours = gradx.scale_by_distance_over_gradients()
+        theirs = optax.scale_by_distance_over_gradients()
+        g = jax.tree.map(lambda p: 0.5 * p, params)
+        a, s = jax.jit(ours.update)(g, ours.init(params), params)
+        b, t = jax.jit(theirs.update)(g, theirs.init(params), params)
+        assert [x.dtype for x in jax.tree.leaves(s)] == [x.dtype for x in jax.tree.leaves(t)]
+        assert s.grad_sum_of_squares["w"].dtype == jnp.float64
+        assert_trees_close(a, b, rtol=1e-12, atol=0)
+
+
+def test_dog_gives_a_0d_parameter_a_0d_update():
+    """Documented difference: Optax returns shape (1,), which apply_updates turns into a (1,)
+    parameter."""
+    params = {"s": jnp.array(2.0), "v": jnp.ones(2)}
+    grads = {"s": jnp.array(0.5), "v": jnp.ones(2)}
+    ours, theirs = gradx.scale_by_distance_over_gradients(), optax.scale_by_distance_over_gradients()
+    a, _ = jax.jit(ours.update)(grads, ours.init(params), params)
+    b, _ = jax.jit(theirs.update)(grads, theirs.init(params), params)
+    assert a["s"].shape == () and b["s"].shape == (1,)
+    np.testing.assert_allclose(a["s"], b["s"][0], rtol=1e-6)
+    assert_trees_close(a["v"], b["v"])
+    assert gradx.apply_updates(params, a)["s"].shape == ()
