@@ -330,8 +330,10 @@ def warmup_cosine_decay_schedule(init_value, peak_value, warmup_steps: int, deca
     **``decay_steps`` is the whole length, warmup included** (as in Optax): the cosine runs for
     ``decay_steps - warmup_steps`` steps on the count relative to the warmup's end, as
     ``cosine_decay_schedule(peak, decay_steps - warmup_steps, alpha=end/peak, exponent)``
-    (``alpha = 0`` when ``peak == 0``). ``decay_steps <= warmup_steps``: ``ValueError``.
+    (``alpha = 0`` when ``peak == 0``). ``decay_steps <= warmup_steps`` or a negative
+    ``warmup_steps``: ``ValueError`` (Optax returns a schedule that starts mid-cosine).
     """
+    checks.non_negative("warmup_steps", warmup_steps)
     _check_decay_after_warmup(warmup_steps, decay_steps)
     alpha = 0.0 if peak_value == 0.0 else end_value / peak_value
     return join_schedules([
@@ -344,7 +346,8 @@ def warmup_exponential_decay_schedule(init_value, peak_value, warmup_steps: int,
                                       transition_steps: int, decay_rate, transition_begin: int = 0,
                                       staircase: bool = False, end_value=None) -> Schedule:
     """Linear warmup to ``peak_value``, then ``exponential_decay(peak_value, ...)`` on the count
-    relative to the warmup's end."""
+    relative to the warmup's end. A negative ``warmup_steps`` raises ``ValueError``."""
+    checks.non_negative("warmup_steps", warmup_steps)
     return join_schedules([
         linear_schedule(init_value, peak_value, warmup_steps),
         exponential_decay(peak_value, transition_steps, decay_rate, transition_begin, staircase,

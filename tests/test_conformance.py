@@ -455,3 +455,13 @@ def test_dog_gives_a_0d_parameter_a_0d_update():
     np.testing.assert_allclose(a["s"], b["s"][0], rtol=1e-6)
     assert_trees_close(a["v"], b["v"])
     assert gradx.apply_updates(params, a)["s"].shape == ()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: gradx.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=-5, decay_steps=10),
+    lambda: gradx.warmup_exponential_decay_schedule(0.0, 1.0, -5, 10, 0.5),
+], ids=["cosine", "exponential"])
+def test_negative_warmup_steps_raise(make):
+    with pytest.raises(ValueError, match=r"warmup_steps must be >= 0, got warmup_steps=-5"):
+        make()
+
