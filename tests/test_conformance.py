@@ -465,3 +465,17 @@ def test_negative_warmup_steps_raise(make):
     with pytest.raises(ValueError, match=r"warmup_steps must be >= 0, got warmup_steps=-5"):
         make()
 
+
+def test_complex_amsgrad_overflow_is_the_same_with_and_without_jit():
+    """|g|² overflows beyond 1.8e19 in complex64: the complex division by an infinite modulus
+    gives NaN, as in Optax, with and without jit (the real case gives 0, also as Optax)."""
+    params = {"w": jnp.array([1 + 1j, 2 - 1j], jnp.complex64)}
+    grads = {"w": jnp.array([1e20 + 1e20j, 1.0], jnp.complex64)}
+    results = []
+    for lib in (gradx, optax):
+        tx = lib.amsgrad(0.1)
+        for update in (tx.update, jax.jit(tx.update)):
+            results.append(np.asarray(update(grads, tx.init(params), params)[0]["w"]))
+    for r in results:
+        assert np.isnan(r[0]) and np.isfinite(r[1])
+        np.testing.assert_allclose(r[1], results[0][1], rtol=1e-6)
