@@ -91,6 +91,26 @@ def debias_factor(decay, count) -> jax.Array:
     return 1 - decay ** count
 
 
+def _check_lossless(new, old, what: str, updates, index: int) -> None:
+    """Raises ``TypeError`` naming the leaf when keeping ``old``'s dtype would silently lose
+    ``new``'s values: complex into real, or floating-point into an integer (integer params or
+    gradients, complex gradients for real params)."""
+    new_dtype, old_dtype = jnp.result_type(new), jnp.result_type(old)
+    if jnp.issubdtype(new_dtype, jnp.complexfloating) and not jnp.issubdtype(
+            old_dtype, jnp.complexfloating) and jnp.issubdtype(old_dtype, jnp.inexact):
+        loss = "its imaginary parts would be dropped"
+    elif jnp.issubdtype(new_dtype, jnp.inexact) and not jnp.issubdtype(old_dtype, jnp.inexact):
+        loss = "the values would be truncated to integers"
+    else:
+        return
+    path = plumbing.leaf_paths(updates, lambda x: x is None)[index]
+    source = "the gradients' dtype" if what == "updates" else "init built it from the params"
+    raise TypeError(
+        f"{what} at '{path}' is {old_dtype} ({source}) and this update gives it {new_dtype} "
+        f"values: {loss}. Use floating-point (or complex) params and gradients of one kind, "
+        "or leave the leaf out with gradx.masked / gradx.partition.")
+
+
 def _compiled(step_scalars: Callable[..., Any]) -> Callable[..., Any]:
     """``step_scalars`` under ``jax.jit(inline=True)``, as Optax jits its bias correction.
 
@@ -193,8 +213,11 @@ def leafwise(
                 continue
             out = rule(*leaves, **{**scalars, **{k: v[i] for k, v in per_leaf.items()}})
             u, outs = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
+            _check_lossless(u, leaves[0], "updates", updates, i)
             new_updates.append(plumbing.cast_like(u, leaves[0]))
-            for slot, new, old in zip(new_moments, outs, leaves[1 + needs_params:]):
+            for slot, name, new, old in zip(new_moments, names, outs, leaves[1 + needs_params:]):
+                jax.tree.map(lambda n, o, name=name: _check_lossless(n, o, f"state.{name}",
+                                                                      updates, i), new, old)
                 slot.append(jax.tree.map(plumbing.cast_like, new, old))
         if not state_cls._fields:
             return treedef.unflatten(new_updates), state
