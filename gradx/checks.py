@@ -48,6 +48,13 @@ def positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be > 0, got {name}={value!r}.")
 
 
+def finite(name: str, value: Any) -> None:
+    """Not NaN or infinite (a step size, a weight decay: any sign allowed)."""
+    x = _concrete(value)
+    if x is not None and not np.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {name}={value!r}.")
+
+
 def one_of(name: str, value: Any, choices: Iterable[Any]) -> None:
     choices = tuple(choices)
     if value not in choices:

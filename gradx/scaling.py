@@ -31,6 +31,7 @@ def scale(step_size: jax.typing.ArrayLike) -> GradientTransformation:
 
     State ``EmptyState`` (Optax's ``ScaleState``); the incoming state is passed through.
     """
+    checks.finite("step_size", step_size)
     return leafwise(lambda g: step_size * g, EmptyState)
 
 
@@ -61,6 +62,7 @@ def scale_by_learning_rate(learning_rate: Optional[ScalarOrSchedule] = None, *,
     sign = -1 if flip_sign else 1
     if callable(learning_rate):
         return scale_by_schedule(lambda count: sign * learning_rate(count))
+    checks.finite("learning_rate", learning_rate)
     return scale(sign * learning_rate)
 
 
