@@ -72,7 +72,10 @@ class Moment(NamedTuple):
     def init_leaf(self, p):
         if callable(self.init):
             return plumbing.cast(self.init(p), self.dtype)
-        return jnp.full(jnp.shape(p), self.init, self.dtype or jnp.result_type(p))
+        dtype = self.dtype or jnp.result_type(p)
+        if not jnp.issubdtype(dtype, jnp.inexact):  # integer params: a float state from init
+            dtype = jnp.result_type(float)
+        return jnp.full(jnp.shape(p), self.init, dtype)
 
 
 class PerLeaf(NamedTuple):
@@ -93,8 +96,8 @@ def debias_factor(decay, count) -> jax.Array:
 
 def _check_lossless(new, old, what: str, updates, index: int) -> None:
     """Raises ``TypeError`` naming the leaf when keeping ``old``'s dtype would silently lose
-    ``new``'s values: complex into real, or floating-point into an integer (integer params or
-    gradients, complex gradients for real params)."""
+    ``new``'s values: complex into real (complex gradients for real params), or floating-point
+    into an integer (a state given an integer dtype)."""
     new_dtype, old_dtype = jnp.result_type(new), jnp.result_type(old)
     if jnp.issubdtype(new_dtype, jnp.complexfloating) and not jnp.issubdtype(
             old_dtype, jnp.complexfloating) and jnp.issubdtype(old_dtype, jnp.inexact):
@@ -148,7 +151,10 @@ def leafwise(
       rule: ``rule(g, [p,] *moments, **scalars)`` returns the update leaf, or a tuple of the
         update leaf and the new moment leaves. A ``None`` update leaf (or ``updates=None``)
         is not given to the rule: it stays ``None`` and its state is kept, as Optax passes
-        ``None`` updates through.
+        ``None`` updates through. Integer params get a float state (the default float dtype)
+        from ``init`` and integer gradients float updates (Optax's promotion, without its
+        state changing dtype at the first step); a value that a state's or the updates' dtype
+        cannot hold (complex gradients on real params) raises ``TypeError`` naming the leaf.
       state_cls: NamedTuple holding ``count_field`` (if it has that field), one tree per moment
         and the ``carry`` fields; other fields pass through. A state class without fields
         (``EmptyState``) passes the incoming state through, as Optax's stateless blocks.
@@ -213,8 +219,11 @@ def leafwise(
                 continue
             out = rule(*leaves, **{**scalars, **{k: v[i] for k, v in per_leaf.items()}})
             u, outs = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
-            _check_lossless(u, leaves[0], "updates", updates, i)
-            new_updates.append(plumbing.cast_like(u, leaves[0]))
+            g = leaves[0]
+            if jnp.issubdtype(jnp.result_type(g), jnp.inexact):
+                _check_lossless(u, g, "updates", updates, i)
+                u = plumbing.cast_like(u, g)
+            new_updates.append(jnp.asarray(u))  # integer gradients: float updates, as Optax
             for slot, name, new, old in zip(new_moments, names, outs, leaves[1 + needs_params:]):
                 jax.tree.map(lambda n, o, name=name: _check_lossless(n, o, f"state.{name}",
                                                                       updates, i), new, old)
