@@ -157,15 +157,27 @@ def scaled_squares(x: jax.Array, reduce=jnp.sum):
     gradient of ``scale·√s`` is that of the norm.
     """
     s = reduce(abs_sq(x))
+    unscaled = jnp.logical_and(jnp.isfinite(s), s >= jnp.finfo(s.dtype).tiny)
+    # Module-level branches: lax.cond caches their traces, so eager calls compile once.
+    return jax.lax.cond(unscaled, _as_is, _RESCALED[reduce], s, x)
 
-    def rescaled(x):
+
+def _as_is(s, x):
+    del x
+    return s, jnp.ones_like(s)
+
+
+def _rescaled(reduce):
+    def rescaled(s, x):
         top = jnp.max(jnp.abs(x), initial=0).astype(s.dtype)
         _, exponent = jnp.frexp(jnp.where(jnp.isfinite(top) & (top > 0), top, 1))
         scale = jax.lax.stop_gradient(jnp.ldexp(jnp.ones_like(s), exponent))
         return reduce(abs_sq(x / scale)).astype(s.dtype), scale
 
-    unscaled = jnp.logical_and(jnp.isfinite(s), s >= jnp.finfo(s.dtype).tiny)
-    return jax.lax.cond(unscaled, lambda x: (s, jnp.ones_like(s)), rescaled, x)
+    return rescaled
+
+
+_RESCALED = {jnp.sum: _rescaled(jnp.sum), jnp.mean: _rescaled(jnp.mean)}
 
 
 def separate(*xs):
