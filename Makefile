@@ -47,11 +47,13 @@ fuzz: $(VENV)/.installed-test
 	mkdir -p benchmarks/out
 	$(PY) tests/differential.py $(FUZZ_ARGS) --out benchmarks/out/fuzz-results.json
 
-# Optax 0.2.8's own test files (from the installed wheel) with gradx's names swapped in; prints
-# the table and the failures that are not documented differences (tests/optax_suite/).
+# Optax 0.2.8's own test files (from the installed wheel) with gradx's names swapped in, then
+# its docstring examples; prints the table and the failures that are not documented differences
+# (tests/optax_suite/).
 OPTAX_TESTS_ARGS ?= --jobs 2
 optax-tests: $(VENV)/.installed-test
-	$(PY) tests/optax_suite/run.py $(OPTAX_TESTS_ARGS)
+	$(PY) tests/optax_suite/run.py $(OPTAX_TESTS_ARGS); status=$$?; \
+	$(PY) tests/optax_suite/docstrings.py $(OPTAX_DOCSTRINGS_ARGS) && exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info examples/out

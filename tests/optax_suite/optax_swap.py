@@ -7,9 +7,9 @@ configuration time, before any test module is imported:
 1. every module of the installed optax package is imported (test files excepted);
 2. each public object of Optax (a function, class or ``functools.partial`` defined in optax and
    reachable as ``optax.<name>`` or ``optax.<sub>.<name>``) is matched to gradx's object of the
-   same public name: ``gradx.<sub>.<name>``, else ``gradx.<name>`` (Optax re-exports most
-   sub-module names flat, and so does gradx), else, for ``optax.tree_utils.tree_<x>``,
-   ``gradx.tree.<x>``;
+   same public name: ``gradx.<sub>.<name>``; for ``optax.tree_utils.tree_<x>`` also
+   ``gradx.tree.<x>``; for ``transforms`` and ``schedules`` (which Optax re-exports flat, as
+   gradx does) also ``gradx.<name>``;
 3. in every optax module, each attribute holding such a public object is replaced by gradx's;
    a public object gradx lacks is replaced by a stub that raises ``NotImplementedError("gradx
    lacks optax.<name>")`` when called, instantiated, checked against or inspected, so the tests
@@ -26,13 +26,16 @@ import functools
 import importlib
 import json
 import os
-import pkgutil
 import sys
 import types
+from pathlib import Path
 
 SUBMODULES = ("assignment", "contrib", "experimental", "losses", "microbatching", "perturbations",
               "projections", "schedules", "second_order", "transforms", "tree", "tree_utils")
 MISSING_MARKER = "gradx lacks optax."
+# Sub-packages whose names Optax (and gradx) also export flat: optax.transforms.chain is
+# optax.chain. Others (optax.tree.scale, optax.contrib.sam) are looked up in their own namespace.
+FLAT = ("", "transforms", "schedules")
 _UNTOUCHED = ("optax._src.test_utils",)
 
 
@@ -61,13 +64,24 @@ def _is_optax_object(value) -> bool:
     return str(getattr(value, "__module__", "") or "").startswith("optax")
 
 
-def _optax_modules():
+def optax_module_names() -> list[str]:
+    """Every module of the installed optax but its tests (``optax._src`` has no ``__init__``,
+    so the files are walked, not the packages)."""
     import optax
-    for info in pkgutil.walk_packages(optax.__path__, "optax."):
-        if info.name.endswith("_test") or info.name in _UNTOUCHED:
-            continue
+    root = Path(optax.__file__).parent
+    names = []
+    for file in sorted(root.rglob("*.py")):
+        name = ".".join(("optax",) + file.relative_to(root).with_suffix("").parts)
+        name = name.removesuffix(".__init__")
+        if not name.endswith("_test") and name not in _UNTOUCHED:
+            names.append(name)
+    return names
+
+
+def _optax_modules():
+    for name in optax_module_names():
         try:
-            importlib.import_module(info.name)
+            importlib.import_module(name)
         except Exception:  # noqa: BLE001 - optional dependencies of some optax modules
             continue
     return [m for name, m in sorted(sys.modules.items())
@@ -97,7 +111,8 @@ def _gradx_object(public: str):
         candidates.append((sub, name))
         if sub == "tree_utils" and name.startswith("tree_"):
             candidates.append(("tree", name[len("tree_"):]))
-    candidates.append(("", name))
+    if sub in FLAT:
+        candidates.append(("", name))
     for space, attr in candidates:
         module = gradx
         if space:
