@@ -9,8 +9,8 @@ from hypothesis import given
 
 import differential as d
 
-EXAMPLES = int(os.environ.get("GRADX_DIFFERENTIAL_EXAMPLES", 12))
-TORCH_EXAMPLES = int(os.environ.get("GRADX_DIFFERENTIAL_TORCH_EXAMPLES", 4))
+EXAMPLES = int(os.environ.get("GRADX_DIFFERENTIAL_EXAMPLES", 8))
+TORCH_EXAMPLES = int(os.environ.get("GRADX_DIFFERENTIAL_TORCH_EXAMPLES", 3))
 
 
 def _unexplained(case, problems):

