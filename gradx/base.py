@@ -157,10 +157,13 @@ def safe_increment(count: jax.typing.ArrayLike) -> jax.Array:
     dtype = count.dtype
     if jnp.issubdtype(dtype, jnp.integer):
         max_value = jnp.iinfo(dtype).max
-    else:
+    elif jnp.issubdtype(dtype, jnp.floating):
         max_value = jnp.finfo(dtype).max
-    one = jnp.array(1, dtype=dtype)
-    return jnp.where(count < max_value, count + one, jnp.array(max_value, dtype=dtype))
+    else:
+        raise ValueError(f"safe_increment counts in an integer or floating dtype, got a count of "
+                         f"dtype {dtype}.")
+    max_value = jnp.array(max_value, dtype=dtype)  # uint32/uint64 maxima overflow a Python int
+    return jnp.where(count < max_value, count + jnp.array(1, dtype=dtype), max_value)
 
 
 safe_int32_increment = safe_increment

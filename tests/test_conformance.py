@@ -483,3 +483,18 @@ def test_complex_amsgrad_overflow_is_the_same_with_and_without_jit():
     for r in results:
         assert np.isnan(r[0]) and np.isfinite(r[1])
         np.testing.assert_allclose(r[1], results[0][1], rtol=1e-6)
+
+
+# -- safe_increment on every counter dtype ------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["uint32", "int8", "bfloat16"])
+def test_safe_increment_saturates_in_unsigned_and_small_dtypes(dtype):
+    """uint32's maximum does not fit a weakly typed int: gradx compared with it and overflowed
+    under jit (Optax's numerics_test)."""
+    increment = jax.jit(gradx.safe_increment)
+    top = jnp.asarray(jnp.iinfo(dtype).max if "int" in dtype else jnp.finfo(dtype).max, dtype)
+    np.testing.assert_array_equal(increment(top), top)
+    np.testing.assert_array_equal(increment(jnp.asarray(3, dtype)), jnp.asarray(4, dtype))
+    for bad in (jnp.asarray(True), jnp.asarray(1 + 0j, jnp.complex64)):
+        with pytest.raises(ValueError, match="integer or floating dtype, got a count of dtype"):
+            gradx.safe_increment(bad)
