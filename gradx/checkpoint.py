@@ -5,8 +5,11 @@ round-trip every leaf exactly (values, shapes, dtypes, typed PRNG keys), whateve
 mid-schedule counts, a half-filled ``MultiSteps`` accumulator, ``partition``/``freeze`` states
 with masked-out leaves. ``restore`` checks the checkpoint against the trees it is given and
 raises a ``ValueError`` naming the first leaf path that differs (a different optimizer, other
-groups, another ``mu_dtype``), and refuses a checkpoint whose gradx state-format version
-(``STATE_FORMAT_VERSION``) is not this one's.
+groups, another ``mu_dtype``). It reads every gradx state-format version up to
+``STATE_FORMAT_VERSION`` (older layouts are upgraded) and refuses a newer or unknown one saying
+which, and it checks the data files against the sizes and CRC32 digests recorded at save time,
+so a truncated or corrupted checkpoint raises a ``ValueError`` naming the damaged file (other
+checkpoints, in other directories, are untouched and stay loadable).
 
 Orbax is not a dependency of gradx: install ``orbax-checkpoint`` to use this module. It is
 imported lazily, inside the functions that need it, so ``import gradx`` never imports it.
@@ -46,6 +49,7 @@ import json
 import os
 import shutil
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 
@@ -55,7 +59,10 @@ import numpy as np
 from gradx.memory import leaf_dtype
 from gradx.plumbing import path_str
 
-STATE_FORMAT_VERSION = 1
+# State format versions: 1, the first; 2, ``inject_hyperparams`` keeps a schedule's count in
+# ``WrappedScheduleState(count)`` (Optax's layout). ``_UPGRADES[v]`` turns version-v leaf records
+# into version v + 1's; the arrays are the same, in the same order.
+STATE_FORMAT_VERSION = 2
 METADATA_FILE = "checkpoint.json"
 _DATA_PREFIX = "data-"
 _TMP_PREFIX = ".tmp-"
@@ -127,7 +134,18 @@ def read_metadata(path: Union[str, os.PathLike]) -> dict:
     if not file.is_file():
         raise FileNotFoundError(f"No gradx checkpoint in {str(path)!r}: {METADATA_FILE} is "
                                 f"missing.")
-    return json.loads(file.read_text())
+    try:
+        metadata = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"The gradx checkpoint in {str(path)!r} is damaged: {METADATA_FILE} is "
+                         f"not valid JSON ({error}); the file was truncated or overwritten. "
+                         "Restore an earlier checkpoint.") from error
+    missing = [key for key in ("state_format_version", "data", "params", "opt_state")
+               if not isinstance(metadata, dict) or key not in metadata]
+    if missing:
+        raise ValueError(f"The gradx checkpoint in {str(path)!r} is damaged: {METADATA_FILE} "
+                         f"has no {missing}.")
+    return metadata
 
 
 def _write_atomically(file: Path, text: str) -> None:
@@ -153,6 +171,60 @@ def _remove_stale(directory: Path, keep: str) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
+
+
+def _crc32(file: Path) -> int:
+    crc = 0
+    with open(file, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _file_digests(data_dir: Path) -> dict:
+    """``{relative path: [size, crc32]}`` of every file Orbax wrote in ``data_dir``."""
+    return {file.relative_to(data_dir).as_posix(): [file.stat().st_size, _crc32(file)]
+            for file in sorted(p for p in data_dir.rglob("*") if p.is_file())}
+
+
+def _check_files(path, metadata: dict) -> None:
+    """Raises ``ValueError`` naming the first data file that is missing, truncated or changed
+    since the save (checkpoints saved without digests are not checked)."""
+    data_dir = Path(path) / metadata["data"]
+    for name, (size, crc) in metadata.get("files", {}).items():
+        file = data_dir / name
+        damage = None
+        if not file.is_file():
+            damage = "is missing"
+        elif file.stat().st_size != size:
+            damage = f"has {file.stat().st_size} bytes, {size} were written (truncated?)"
+        elif _crc32(file) != crc:
+            damage = "does not hold the bytes that were written (corrupted)"
+        if damage:
+            raise ValueError(f"The gradx checkpoint in {str(path)!r} is damaged: its data file "
+                             f"'{metadata['data']}/{name}' {damage}. Restore an earlier "
+                             "checkpoint.")
+
+
+def _upgrade(records: list[dict], version: int) -> list[dict]:
+    """Leaf records of state format ``version`` as this gradx writes them."""
+    for v in range(version, STATE_FORMAT_VERSION):
+        records = [_UPGRADES[v](r) for r in records]
+    return records
+
+
+def _wrapped_schedule_count(record: dict) -> dict:
+    """Version 1 -> 2: a schedule's count ``.../hyperparams_states/<name>`` (a bare int32) is
+    ``.../hyperparams_states/<name>/count`` in a ``WrappedScheduleState``."""
+    parts = record["path"].split("/")
+    if (len(parts) >= 2 and parts[-2] == "hyperparams_states" and record["states"]
+            and record["states"][-1] == "InjectStatefulHyperparamsState"):
+        return dict(record, path=record["path"] + "/count",
+                    states=record["states"] + ["WrappedScheduleState"])
+    return record
+
+
+_UPGRADES = {1: _wrapped_schedule_count}
 
 
 def _as_saveable(tree: Any) -> list:
@@ -181,10 +253,15 @@ def save(path: Union[str, os.PathLike], params: Any, opt_state: Any, *,
         metadata = {"format": "gradx-checkpoint", "state_format_version": STATE_FORMAT_VERSION,
                     "gradx_version": __version__, "step": None if step is None else int(step),
                     "data": data, "params": leaf_records(params),
-                    "opt_state": leaf_records(opt_state)}
+                    "opt_state": leaf_records(opt_state), "files": _file_digests(directory / data)}
         _write_atomically(directory / METADATA_FILE, json.dumps(metadata, indent=1))
         _remove_stale(directory, keep=data)
     return directory
+
+
+def _gradx_version() -> str:
+    from gradx import __version__
+    return __version__
 
 
 def _abstract(leaf: Any) -> jax.ShapeDtypeStruct:
@@ -200,27 +277,40 @@ def restore(path: Union[str, os.PathLike], params_like: Any, opt_state_like: Any
     ``Restored(params, opt_state, step)``.
 
     ``params_like`` and ``opt_state_like`` give the structure (and shardings) to restore into:
-    the current params and ``tx.init(params)`` (or their ``jax.eval_shape``). Raises
-    ``ValueError`` when the checkpoint's state-format version is not ``STATE_FORMAT_VERSION``,
-    or when a tree differs from the saved one (leaf paths, shapes, dtypes or state classes),
-    naming the first leaf that differs; ``FileNotFoundError`` when ``path`` holds no checkpoint.
+    the current params and ``tx.init(params)`` (or their ``jax.eval_shape``). A checkpoint of an
+    older state-format version is read in this version's layout. Raises ``ValueError`` when the
+    version is newer than ``STATE_FORMAT_VERSION`` or unknown, when the checkpoint is damaged
+    (metadata not valid JSON, a data file missing, truncated or changed), or when a tree differs
+    from the saved one (leaf paths, shapes, dtypes or state classes), naming the first leaf that
+    differs; ``FileNotFoundError`` when ``path`` holds no checkpoint.
     """
     metadata = read_metadata(path)
     version = metadata.get("state_format_version")
-    if version != STATE_FORMAT_VERSION:
-        raise ValueError(f"The checkpoint in {str(path)!r} has gradx state format version "
-                         f"{version!r}; this gradx reads version {STATE_FORMAT_VERSION}.")
+    if version not in range(1, STATE_FORMAT_VERSION + 1):
+        newer = isinstance(version, int) and version > STATE_FORMAT_VERSION
+        raise ValueError(
+            f"The checkpoint in {str(path)!r} has gradx state format version {version!r}"
+            + (f" (written by gradx {metadata.get('gradx_version')}, newer than this one)"
+               if newer else "") + f"; this gradx ({_gradx_version()}) reads versions 1 to "
+            f"{STATE_FORMAT_VERSION}" + (": upgrade gradx." if newer else "."))
+    _check_files(path, metadata)
     for name, like in (("params", params_like), ("opt_state", opt_state_like)):
-        mismatch = _first_mismatch(metadata[name], leaf_records(like), f"{name}_like")
+        mismatch = _first_mismatch(_upgrade(metadata[name], version), leaf_records(like),
+                                   f"{name}_like")
         if mismatch:
             raise ValueError(f"The checkpoint in {str(path)!r} does not match {name}_like: "
                              f"{mismatch}.")
     ocp = _orbax()
     target = {name: [_abstract(leaf) for leaf in jax.tree.leaves(like)]
               for name, like in (("params", params_like), ("opt_state", opt_state_like))}
-    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
-        arrays = checkpointer.restore(Path(path) / metadata["data"],
-                                      args=ocp.args.StandardRestore(target))
+    try:
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+            arrays = checkpointer.restore(Path(path) / metadata["data"],
+                                          args=ocp.args.StandardRestore(target))
+    except Exception as error:  # noqa: BLE001 - whatever Orbax raises on damaged data
+        raise ValueError(f"The gradx checkpoint in {str(path)!r} is damaged: Orbax cannot read "
+                         f"'{metadata['data']}' ({type(error).__name__}: {error}). Restore an "
+                         "earlier checkpoint.") from error
     return Restored(params=jax.tree.unflatten(jax.tree.structure(params_like), arrays["params"]),
                     opt_state=jax.tree.unflatten(jax.tree.structure(opt_state_like),
                                                  arrays["opt_state"]),

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from gradx import checks
 from gradx.base import EmptyState, GradientTransformation
 from gradx.leafwise import leafwise
-from gradx.plumbing import abs_sq, global_norm, leaf_rms
+from gradx.plumbing import abs_sq, floored_sqrt, global_norm, leaf_rms
 
 Axis = Optional[Union[int, tuple[int, ...]]]
 
@@ -24,15 +24,24 @@ def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
 
 
 def rms_clipped(u: jax.Array, threshold, rms_of: Optional[jax.Array] = None) -> jax.Array:
-    """``u / max(1, rms(rms_of) / threshold)``, with ``rms_of`` the same values as ``u`` (by
-    default ``u`` itself; a rule that can recompute ``u`` from ``gradx.plumbing.separate``
-    inputs passes that, so that ``u`` is not written to memory for the reduction)."""
-    return u / jnp.maximum(1.0, leaf_rms(u if rms_of is None else rms_of) / threshold)
+    """``u / max(1, rms(rms_of) / threshold)``, with ``rms_of`` the same values as ``u``.
+
+    By default ``rms_of`` is ``u`` itself, whose RMS is scaled against overflow and underflow
+    (``gradx.plumbing.scaled_squares``). A rule that can recompute ``u`` from
+    ``gradx.plumbing.separate`` inputs passes that instead, so that ``u`` is not written to
+    memory for the reduction; that RMS is one plain pass, as Optax's (a rescaling pass would
+    need ``u`` in memory)."""
+    if rms_of is None:
+        rms = leaf_rms(u)
+    else:
+        rms = floored_sqrt(jnp.mean(abs_sq(rms_of)))
+    return u / jnp.maximum(1.0, rms / threshold)
 
 
 def clip_by_block_rms(threshold: jax.typing.ArrayLike) -> GradientTransformation:
     """Per leaf ``u = g / max(1, rms(g) / threshold)``: each leaf's RMS is at most ``threshold``
-    (Adafactor's update clipping, Shazeer & Stern 2018). Same as Optax.
+    (Adafactor's update clipping, Shazeer & Stern 2018). Same as Optax, except that the RMS is
+    right at any magnitude (Optax's squares overflow: a gradient of 1e21s is clipped to 0).
 
     Fed by another rule, the reduction makes XLA write that rule's output to memory first (a
     full-size temporary per leaf); ``scale_by_factored_rms(clipping_threshold=...)`` clips

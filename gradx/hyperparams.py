@@ -24,28 +24,35 @@ from gradx.base import (GradientTransformation, GradientTransformationExtraArgs,
                         safe_increment, with_extra_args_support)
 
 __all__ = [
-    "WrappedSchedule", "InjectHyperparamsState", "InjectStatefulHyperparamsState",
+    "WrappedScheduleState", "WrappedSchedule", "InjectHyperparamsState", "InjectStatefulHyperparamsState",
     "inject_hyperparams", "inject_stateful_hyperparams", "TelemetryState", "with_telemetry",
     "read_state", "set_hyperparams", "register_readable_state",
 ]
 
 
+class WrappedScheduleState(NamedTuple):
+    """The state of a ``WrappedSchedule``: the step count (as Optax's)."""
+
+    count: jax.typing.ArrayLike
+
+
 class WrappedSchedule:
-    """A count-based schedule seen as a stateful one: the state is the step count."""
+    """A count-based schedule seen as a stateful one: the state is
+    ``WrappedScheduleState(count)``, as in Optax (so injected states restore across the two)."""
 
-    def __init__(self, schedule: Callable[[jax.Array], Any]):
-        self.schedule = schedule
+    def __init__(self, schedule_fn: Callable[[jax.Array], Any]):
+        self.schedule_fn = schedule_fn
 
-    def init(self) -> jax.Array:
-        return jnp.zeros([], jnp.int32)
+    def init(self) -> WrappedScheduleState:
+        return WrappedScheduleState(count=jnp.zeros([], jnp.int32))
 
-    def update(self, state, **extra_args):
+    def update(self, state: WrappedScheduleState, **extra_args) -> WrappedScheduleState:
         del extra_args
-        return safe_increment(state)
+        return WrappedScheduleState(count=safe_increment(state.count))
 
-    def __call__(self, state, **extra_args):
+    def __call__(self, state: WrappedScheduleState, **extra_args):
         del extra_args
-        return self.schedule(state)
+        return self.schedule_fn(state.count)
 
 
 class InjectHyperparamsState(NamedTuple):

@@ -39,11 +39,12 @@ def skip_not_finite(updates: Any, gradient_step: jax.typing.ArrayLike, params: O
                     ) -> tuple[jax.Array, Any]:
     """Skips a mini-step whose gradients contain a NaN or an Inf.
 
-    Returns ``(should_skip, {'should_skip', 'num_not_finite'})`` as Optax's.
+    Returns ``(should_skip, {'should_skip', 'num_not_finite'})`` as Optax's; the count has the
+    default integer dtype (int64 under x64), as Optax's.
     """
     del gradient_step, params
-    counts = [jnp.sum(~jnp.isfinite(x)).astype(jnp.int32) for x in jax.tree.leaves(updates)]
-    num_not_finite = sum(counts, jnp.zeros([], jnp.int32))
+    counts = [jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves(updates)]
+    num_not_finite = sum(counts, jnp.zeros([], jnp.result_type(int)))
     should_skip = num_not_finite > 0
     return should_skip, {"should_skip": should_skip, "num_not_finite": num_not_finite}
 
@@ -145,6 +146,11 @@ class MultiSteps:
     - ``accumulator_dtype=None`` (the default) accumulates each leaf in ``float32`` or its own
       dtype when wider (float64 under x64, complex kept complex); Optax's ``float32`` default
       loses precision under x64 and drops imaginary parts.
+    - a NaN or Inf gradient (without ``should_skip_update_fn=skip_not_finite``) reaches the
+      inner optimizer at the window's emitting step, as in Optax, but stays in that window: the
+      other mini-steps return zeros and the accumulator is reset to zeros after the emit. Optax
+      multiplies by 0 instead (``emit·u``, ``(1 - emit)·acc``), so its mini-steps return NaN
+      and its accumulator stays NaN for every later window.
 
     Examples:
       >>> opt = gradx.MultiSteps(gradx.sgd(learning_rate=1.0), every_k_schedule=2)

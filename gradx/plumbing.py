@@ -43,6 +43,10 @@ def _first_difference(reference: PyTree, other: PyTree, reference_name: str, nam
             f"{jax.tree.structure(other)})")
 
 
+def _is_none(x) -> bool:
+    return x is None
+
+
 def flatten_matching(reference: PyTree, others: Sequence[PyTree], names: Sequence[str],
                      reference_name: str = "updates", shaped: Optional[Sequence[bool]] = None):
     """Flattens ``reference`` and each of ``others`` to leaf lists of the same layout.
@@ -50,9 +54,10 @@ def flatten_matching(reference: PyTree, others: Sequence[PyTree], names: Sequenc
     Raises ``ValueError`` naming the first path where a tree's structure or a leaf's shape
     differs from ``reference``. Where ``shaped[i]`` is False, each leaf of ``reference`` stands
     for a subtree of ``others[i]`` of any shape (per-leaf statistics): only the structure down
-    to it is checked.
+    to it is checked. A ``None`` in ``reference`` is a leaf standing for whatever the others
+    hold there (Optax passes ``None`` updates through: ``update(None, state, params)``).
     """
-    ref_leaves, treedef = jax.tree.flatten(reference)
+    ref_leaves, treedef = jax.tree.flatten(reference, is_leaf=_is_none)
     out = [ref_leaves]
     shaped = [True] * len(others) if shaped is None else shaped
     for other, name, check_shapes in zip(others, names, shaped):
@@ -66,8 +71,8 @@ def flatten_matching(reference: PyTree, others: Sequence[PyTree], names: Sequenc
         if len(leaves) != len(ref_leaves):
             raise ValueError(f"{name} does not match {reference_name}: "
                              f"{_first_difference(reference, other, reference_name, name)}.")
-        for path, ref_leaf, leaf in zip(leaf_paths(reference), ref_leaves, leaves):
-            if check_shapes and np.shape(ref_leaf) != np.shape(leaf):
+        for path, ref_leaf, leaf in zip(leaf_paths(reference, _is_none), ref_leaves, leaves):
+            if check_shapes and ref_leaf is not None and np.shape(ref_leaf) != np.shape(leaf):
                 raise ValueError(f"{name} does not match {reference_name} at '{path}': shape "
                                  f"{np.shape(leaf)} vs {np.shape(ref_leaf)}.")
         out.append(leaves)
@@ -105,6 +110,13 @@ def cast(tree: PyTree, dtype) -> PyTree:
     return jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), tree)
 
 
+def cast_like(new, old) -> jax.Array:
+    """``new`` as an array in ``old``'s dtype, converted only when the dtypes differ (so typed
+    PRNG keys, which have no ``astype`` outside ``jit``, and Python scalars both work)."""
+    new, dtype = jnp.asarray(new), jnp.asarray(old).dtype
+    return new if new.dtype == dtype else new.astype(dtype)
+
+
 def abs_sq(x: jax.Array) -> jax.Array:
     """``|x|²`` elementwise, real for complex ``x``."""
     return (jnp.conj(x) * x).real if jnp.iscomplexobj(x) else x * x
@@ -120,14 +132,52 @@ def squared_norm(tree: PyTree) -> jax.Array:
 
 def leaf_norm(x: jax.Array, floor=0.0) -> jax.Array:
     """``max(‖x‖₂, floor)`` over all the elements of one leaf (complex-correct; see
-    ``floored_sqrt`` for the gradient where the norm is below ``floor``)."""
-    return floored_sqrt(jnp.sum(abs_sq(x)), floor)
+    ``floored_sqrt`` for the gradient where the norm is below ``floor``, and ``scaled_squares``
+    for leaves whose squares overflow or underflow)."""
+    s, scale = scaled_squares(x, jnp.sum)
+    return floored_sqrt(s, floor, scale)
 
 
 def leaf_rms(x: jax.Array, floor=0.0) -> jax.Array:
-    """``max(sqrt(mean |x|²), floor)`` over all the elements of one leaf (see
-    ``floored_sqrt``)."""
-    return floored_sqrt(jnp.mean(abs_sq(x)), floor)
+    """``max(sqrt(mean |x|²), floor)`` over all the elements of one leaf (see ``leaf_norm``)."""
+    s, scale = scaled_squares(x, jnp.mean)
+    return floored_sqrt(s, floor, scale)
+
+
+def scaled_squares(x: jax.Array, reduce=jnp.sum):
+    """``(s, scale)`` with ``reduce(|x|²) = scale²·s``, so that ``scale·√s`` is the norm (or the
+    RMS, with ``jnp.mean``) even where ``|x|²`` overflows (``|x| > 1.8e19`` in float32) or
+    underflows (``|x| < 1e-19``).
+
+    The leaf is reduced once, unscaled (``scale = 1``). Only when that sum is not finite or below
+    the smallest normal number is it reduced again from ``x / 2^e``, ``2^e`` the power of two
+    just above ``max |x|`` (an exact division), under ``lax.cond``: no full-size temporary either
+    way, and one reduction on ordinary leaves. (Optax's norms overflow or underflow there; its
+    ``jnp.linalg.norm`` is exact only on one-element leaves.) The scale carries no gradient: the
+    gradient of ``scale·√s`` is that of the norm.
+    """
+    s = reduce(abs_sq(x))
+    unscaled = jnp.logical_and(jnp.isfinite(s), s >= jnp.finfo(s.dtype).tiny)
+    # Module-level branches: lax.cond caches their traces, so eager calls compile once.
+    return jax.lax.cond(unscaled, _as_is, _RESCALED[reduce], s, x)
+
+
+def _as_is(s, x):
+    del x
+    return s, jnp.ones_like(s)
+
+
+def _rescaled(reduce):
+    def rescaled(s, x):
+        top = jnp.max(jnp.abs(x), initial=0).astype(s.dtype)
+        _, exponent = jnp.frexp(jnp.where(jnp.isfinite(top) & (top > 0), top, 1))
+        scale = jax.lax.stop_gradient(jnp.ldexp(jnp.ones_like(s), exponent))
+        return reduce(abs_sq(x / scale)).astype(s.dtype), scale
+
+    return rescaled
+
+
+_RESCALED = {jnp.sum: _rescaled(jnp.sum), jnp.mean: _rescaled(jnp.mean)}
 
 
 def separate(*xs):
@@ -142,16 +192,17 @@ def separate(*xs):
     return jax.lax.optimization_barrier(xs)
 
 
-def floored_sqrt(s: jax.Array, floor) -> jax.Array:
-    """``max(√s, floor)`` for a reduced ``s ≥ 0`` (a sum or mean of squares), whose gradient is 0,
-    not NaN, where ``√s <= floor`` (e.g. the norm of an all-zero leaf), as Optax's ``safe_norm``.
+def floored_sqrt(s: jax.Array, floor=0.0, scale=1.0) -> jax.Array:
+    """``max(scale·√s, floor)`` for a reduced ``s ≥ 0`` (a sum or mean of squares, scaled by
+    ``scale²``: ``scaled_squares``), whose gradient is 0, not NaN, where the root is ``<= floor``
+    (e.g. the norm of an all-zero leaf), as Optax's ``safe_norm``.
 
     Optax gets the safe gradient by reducing the whole leaf a second time, with ones where the
     norm is small; a scalar ``where`` on ``s`` gives the same values and gradients without that
     second pass and its full-size temporary.
     """
-    small = jnp.sqrt(s) <= floor
-    return jnp.where(small, floor, jnp.sqrt(jnp.where(small, 1.0, s)))
+    small = scale * jnp.sqrt(s) <= floor
+    return jnp.where(small, floor, scale * jnp.sqrt(jnp.where(small, 1.0, s)))
 
 
 def global_norm(tree: PyTree) -> jax.Array:

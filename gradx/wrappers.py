@@ -18,6 +18,8 @@ from gradx import plumbing
 from gradx.base import (NO_PARAMS_MSG, GradientTransformation, GradientTransformationExtraArgs,
                         safe_increment, with_extra_args_support)
 
+_LOG = logging.getLogger(__name__)  # "gradx.wrappers", not the root logger
+
 
 def cond_update(predicate: jax.typing.ArrayLike, inner: GradientTransformationExtraArgs,
                 updates: Any, inner_state: Any, params: Any = None, extra_args: Optional[dict] = None,
@@ -35,8 +37,7 @@ def cond_update(predicate: jax.typing.ArrayLike, inner: GradientTransformationEx
     def run(operands):
         upd, state, prm = operands
         new_updates, new_state = inner.update(upd, state, prm, **extra_args)
-        return new_updates, jax.tree.map(lambda new, old: jnp.asarray(new).astype(jnp.result_type(old)),
-                                         new_state, state)
+        return new_updates, jax.tree.map(plumbing.cast_like, new_state, state)
 
     out_shape = jax.eval_shape(lambda ops: run(ops)[0], (updates, inner_state, params))
 
@@ -214,7 +215,9 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
 
     Same state (``LookaheadState(fast_state, steps_since_sync)``) and numbers as
     ``optax.lookahead``. Differs: extra arguments reach the fast optimizer, and the reset keeps
-    each state leaf's dtype. ``sync_period < 1`` raises ``ValueError``.
+    each state leaf's dtype and replaces the fast state by a fresh one, NaN included (Optax
+    blends ``(1 - sync)·old + sync·fresh``, which keeps a NaN state NaN after the reset).
+    ``sync_period < 1`` raises ``ValueError``.
     """
     if sync_period < 1:
         raise ValueError(f"sync_period must be >= 1, got sync_period={sync_period!r}.")
@@ -223,7 +226,7 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
     def init(params):
         fast = getattr(params, "fast", None)
         if fast is None:
-            logging.warning("lookahead: `params` has no `fast` attribute; using them as the fast "
+            _LOG.warning("lookahead: `params` has no `fast` attribute; using them as the fast "
                             "parameters (pass LookaheadParams.init_synced(params)).")
             fast = params
         return LookaheadState(fast_state=fast_optimizer.init(fast),
@@ -241,8 +244,9 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
             fast=jax.tree.map(lambda u, d: u - sync * (1 - slow_step_size) * d, fast_updates, diff),
             slow=jax.tree.map(lambda d: slow_step_size * sync * d, diff))
         if reset_state:
-            fast_state = jax.tree.map(lambda fresh, old: jnp.where(sync, fresh, old).astype(old.dtype),
-                                      fast_optimizer.init(params.fast), fast_state)
+            fast_state = jax.tree.map(
+                lambda fresh, old: jnp.where(sync, plumbing.cast_like(fresh, old), old),
+                fast_optimizer.init(params.fast), fast_state)
         return new_updates, LookaheadState(fast_state, (state.steps_since_sync + 1) % sync_period)
 
     return GradientTransformationExtraArgs(init, update)

@@ -25,7 +25,8 @@ def lr_at(tx, params, count, name="learning_rate"):
     is_injected = lambda node: isinstance(node, InjectStatefulHyperparamsState)  # noqa: E731
     state = jax.tree.map(
         lambda node: node._replace(hyperparams_states={
-            k: jnp.asarray(count, jnp.int32) for k in node.hyperparams_states})
+            k: gradx.WrappedScheduleState(jnp.asarray(count, jnp.int32))
+            for k in node.hyperparams_states})
         if is_injected(node) else node, tx.init(params), is_leaf=is_injected)
     zeros = jax.tree.map(jnp.zeros_like, params)
     _, state = jax.jit(tx.update)(zeros, state, params)
