@@ -1,0 +1,11 @@
+"""``optax.contrib``: contributed optimizers and wrappers, one algorithm per module, with Optax
+0.2.8's names, signatures, defaults, state classes and numbers (see each module for where gradx
+differs, and ``docs/api/contrib.md``)."""
+
+from gradx.contrib.cocob import COCOBState, cocob, scale_by_cocob
+from gradx.plateau import ReduceLROnPlateauState, reduce_on_plateau
+
+__all__ = [
+    "COCOBState", "cocob", "scale_by_cocob",
+    "ReduceLROnPlateauState", "reduce_on_plateau",
+]
