@@ -61,12 +61,13 @@ def assert_trees_close(actual, expected, rtol=RTOL, atol=ATOL, what=""):
 
 
 def compare(gradx_tx, oracle_tx, params=None, n_steps=6, extra_args=None, rtol=RTOL, atol=ATOL,
-            compare_state=True):
+            compare_state=True, grads_fn=make_grads):
     """Runs both transformations on the same gradients and asserts equal updates (every step)
     and equal state leaves (at the end)."""
     params = make_params() if params is None else params
-    ours, our_params, our_state = run(gradx_tx, params, n_steps, extra_args)
-    theirs, their_params, their_state = run(oracle_tx, params, n_steps, extra_args)
+    ours, our_params, our_state = run(gradx_tx, params, n_steps, extra_args, grads_fn=grads_fn)
+    theirs, their_params, their_state = run(oracle_tx, params, n_steps, extra_args,
+                                            grads_fn=grads_fn)
     for step, (a, e) in enumerate(zip(ours, theirs)):
         assert_trees_close(a, e, rtol, atol, what=f"updates at step {step}")
     assert_trees_close(our_params, their_params, rtol, atol, what="final params")

@@ -3,9 +3,13 @@
 differs, and ``docs/api/contrib.md``)."""
 
 from gradx.contrib.cocob import COCOBState, cocob, scale_by_cocob
+from gradx.contrib.dadapt_adamw import DAdaptAdamWState, dadapt_adamw
+from gradx.contrib.prodigy import ProdigyState, prodigy
 from gradx.plateau import ReduceLROnPlateauState, reduce_on_plateau
 
 __all__ = [
     "COCOBState", "cocob", "scale_by_cocob",
+    "DAdaptAdamWState", "dadapt_adamw",
+    "ProdigyState", "prodigy",
     "ReduceLROnPlateauState", "reduce_on_plateau",
 ]
