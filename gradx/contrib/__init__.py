@@ -4,12 +4,16 @@ differs, and ``docs/api/contrib.md``)."""
 
 from gradx.contrib.cocob import COCOBState, cocob, scale_by_cocob
 from gradx.contrib.dadapt_adamw import DAdaptAdamWState, dadapt_adamw
+from gradx.contrib.dog import DoGState, dog, scale_by_dog
+from gradx.contrib.dowg import DoWGState, dowg, scale_by_dowg
 from gradx.contrib.prodigy import ProdigyState, prodigy
 from gradx.plateau import ReduceLROnPlateauState, reduce_on_plateau
 
 __all__ = [
     "COCOBState", "cocob", "scale_by_cocob",
     "DAdaptAdamWState", "dadapt_adamw",
+    "DoGState", "dog", "scale_by_dog",
+    "DoWGState", "dowg", "scale_by_dowg",
     "ProdigyState", "prodigy",
     "ReduceLROnPlateauState", "reduce_on_plateau",
 ]
