@@ -29,6 +29,14 @@ def make_grads(params, step, seed=1):
                               p.dtype), params)
 
 
+def toward_target(params, step):
+    """Gradients of a quadratic pulling every entry to 0.3, with step-dependent noise: for rules
+    that learn their step size from progress (D-Adaptation, Prodigy, Mechanic)."""
+    rng = np.random.default_rng(step)
+    return jax.tree.map(lambda p: (p - 0.3 + 0.1 * rng.normal(size=np.shape(p))).astype(p.dtype),
+                        params)
+
+
 def run(tx, params, n_steps=6, extra_args=None, jit=True, grads_fn=make_grads):
     """Runs ``n_steps`` updates; returns the list of updates, the final params and state.
 

@@ -13,15 +13,7 @@ from dadaptation import DAdaptAdam
 from prodigyopt import Prodigy
 
 import gradx
-from support import assert_trees_close, compare, make_params, run
-
-
-def toward_target(params, step):
-    """Gradients of a quadratic pulling every entry to 0.3, with step-dependent noise: the
-    estimate ``d`` grows from ``estim_lr0`` within a few steps."""
-    rng = np.random.default_rng(step)
-    return jax.tree.map(lambda p: (p - 0.3 + 0.1 * rng.normal(size=np.shape(p))).astype(p.dtype),
-                        params)
+from support import assert_trees_close, compare, make_params, run, toward_target
 
 
 OPTAX_CASES = [

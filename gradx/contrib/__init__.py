@@ -6,6 +6,7 @@ from gradx.contrib.cocob import COCOBState, cocob, scale_by_cocob
 from gradx.contrib.dadapt_adamw import DAdaptAdamWState, dadapt_adamw
 from gradx.contrib.dog import DoGState, dog, scale_by_dog
 from gradx.contrib.dowg import DoWGState, dowg, scale_by_dowg
+from gradx.contrib.mechanic import MechanicState, mechanize
 from gradx.contrib.momo import MomoAdamState, MomoState, momo, momo_adam
 from gradx.contrib.prodigy import ProdigyState, prodigy
 from gradx.plateau import ReduceLROnPlateauState, reduce_on_plateau
@@ -15,6 +16,7 @@ __all__ = [
     "DAdaptAdamWState", "dadapt_adamw",
     "DoGState", "dog", "scale_by_dog",
     "DoWGState", "dowg", "scale_by_dowg",
+    "MechanicState", "mechanize",
     "MomoState", "MomoAdamState", "momo", "momo_adam",
     "ProdigyState", "prodigy",
     "ReduceLROnPlateauState", "reduce_on_plateau",
