@@ -97,7 +97,7 @@ def mechanize(base_optimizer: GradientTransformation, weight_decay: jax.typing.A
 
     Examples:
       >>> tx = gradx.contrib.mechanize(gradx.adam(1.0))
-      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> params = {"w": jnp.zeros(2)}
       >>> state = tx.init(params)
       >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, state, params)
       >>> print(state.s.shape)  # one scale per beta
