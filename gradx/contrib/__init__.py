@@ -9,6 +9,7 @@ from gradx.contrib.dowg import DoWGState, dowg, scale_by_dowg
 from gradx.contrib.mechanic import MechanicState, mechanize
 from gradx.contrib.momo import MomoAdamState, MomoState, momo, momo_adam
 from gradx.contrib.prodigy import ProdigyState, prodigy
+from gradx.contrib.sam import NormalizeState, SAMState, normalize, sam
 from gradx.plateau import ReduceLROnPlateauState, reduce_on_plateau
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "MechanicState", "mechanize",
     "MomoState", "MomoAdamState", "momo", "momo_adam",
     "ProdigyState", "prodigy",
+    "NormalizeState", "SAMState", "normalize", "sam",
     "ReduceLROnPlateauState", "reduce_on_plateau",
 ]

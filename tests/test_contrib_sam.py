@@ -1,0 +1,91 @@
+"""gradx.contrib.sam and normalize against optax 0.2.8 (transparent and opaque modes, float32
+and bf16, state included), and the transparent-mode fixes: sync_period=1 is the outer optimizer,
+booleans stay booleans, PRNG keys work."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import gradx
+from support import assert_trees_close, compare, make_grads, make_params, run
+
+
+def sgd_sam(lib, **kwargs):
+    """The paper's SAM: sgd outside, one normalised ascent step inside."""
+    return lib.contrib.sam(lib.sgd(0.1), lib.chain(lib.contrib.normalize(), lib.sgd(0.05)),
+                           **kwargs)
+
+
+def test_transparent_sam_matches_optax():
+    _, state = compare(sgd_sam(gradx), sgd_sam(optax))
+    assert state._fields == optax.contrib.SAMState._fields
+    compare(sgd_sam(gradx), sgd_sam(optax), params=make_params(jnp.bfloat16), n_steps=4)
+    adam_sam = lambda lib: lib.contrib.sam(  # noqa: E731
+        lib.adam(0.1), lib.chain(lib.contrib.normalize(), lib.adam(0.05)), sync_period=3,
+        reset_state=False)
+    compare(adam_sam(gradx), adam_sam(optax), n_steps=7)
+
+
+def _loss(params):
+    return sum(jnp.sum((1.0 + (jnp.arange(p.size) % 3).reshape(p.shape)) * (p - 0.3) ** 2)
+               for p in jax.tree.leaves(params))
+
+
+def test_opaque_sam_matches_optax():
+    grad_fn = lambda params, i: jax.grad(_loss)(params)  # noqa: E731
+    results = []
+    for lib in (gradx, optax):
+        tx = sgd_sam(lib, opaque_mode=True, sync_period=3)
+        params, update = make_params(), jax.jit(functools.partial(tx.update, grad_fn=grad_fn))
+        state = tx.init(params)
+        for _ in range(3):
+            updates, state = update(jax.grad(_loss)(params), state, params)
+            params = lib.apply_updates(params, updates)
+        results.append((params, state))
+    assert_trees_close(results[0], results[1], what="opaque SAM params and state")
+    assert results[0][1].cache is None
+
+
+def test_opaque_sam_without_grad_fn_says_what_to_pass():
+    tx, params = sgd_sam(gradx, opaque_mode=True), make_params()
+    with pytest.raises(ValueError, match="grad_fn=grad_fn"):
+        tx.update(params, tx.init(params), params)
+
+
+def test_sync_period_one_is_the_outer_optimizer():
+    """Optax's transparent SAM starts each outer step from the previous call's params, so with
+    sync_period=1 it undoes every previous step; gradx's is plain sgd (as opaque mode is)."""
+    ours = run(sgd_sam(gradx, sync_period=1), make_params(), 4)[1]
+    plain = run(gradx.sgd(0.1), make_params(), 4)[1]
+    theirs = run(sgd_sam(optax, sync_period=1), make_params(), 4)[1]
+    assert_trees_close(ours, plain)
+    with pytest.raises(AssertionError):
+        assert_trees_close(theirs, plain)
+
+
+def test_states_keep_booleans_and_keys():
+    """Optax mixes both branches as c·a + (1-c)·b: DoG's boolean turns int32 (the state's
+    structure changes under scan/checkpoints), and an adversarial noise key fails outright."""
+    params, grads = make_params(), make_grads(make_params(), 0)
+    for lib, dtype in ((gradx, jnp.bool_), (optax, jnp.int32)):
+        tx = lib.contrib.sam(lib.contrib.dog(), lib.chain(lib.contrib.normalize(), lib.sgd(0.1)))
+        _, state = jax.jit(tx.update)(grads, tx.init(params), params)
+        assert state.opt_state[1].is_init_step.dtype == dtype
+    noisy = lambda lib: lib.contrib.sam(lib.sgd(0.1), lib.chain(  # noqa: E731
+        lib.contrib.normalize(), lib.add_noise(0.01, 0.55, key=0), lib.sgd(0.1)))
+    run(noisy(gradx), params, n_steps=2)
+    with pytest.raises(TypeError, match="key"):
+        run(noisy(optax), params, n_steps=1)
+
+
+@pytest.mark.parametrize("sync_period", [0, 1.5])
+def test_bad_sync_period_raises(sync_period):
+    with pytest.raises(ValueError, match="sync_period"):
+        sgd_sam(gradx, sync_period=sync_period)
+
+
+def test_normalize_matches_optax():
+    compare(gradx.contrib.normalize(), optax.contrib.normalize(), n_steps=2)
