@@ -8,6 +8,8 @@ from gradx.contrib.dog import DoGState, dog, scale_by_dog
 from gradx.contrib.dowg import DoWGState, dowg, scale_by_dowg
 from gradx.contrib.mechanic import MechanicState, mechanize
 from gradx.contrib.momo import MomoAdamState, MomoState, momo, momo_adam
+from gradx.contrib.privacy import (DifferentiallyPrivateAggregateState,
+                                     differentially_private_aggregate, dpsgd)
 from gradx.contrib.prodigy import ProdigyState, prodigy
 from gradx.contrib.sam import NormalizeState, SAMState, normalize, sam
 from gradx.plateau import ReduceLROnPlateauState, reduce_on_plateau
@@ -19,6 +21,7 @@ __all__ = [
     "DoWGState", "dowg", "scale_by_dowg",
     "MechanicState", "mechanize",
     "MomoState", "MomoAdamState", "momo", "momo_adam",
+    "DifferentiallyPrivateAggregateState", "differentially_private_aggregate", "dpsgd",
     "ProdigyState", "prodigy",
     "NormalizeState", "SAMState", "normalize", "sam",
     "ReduceLROnPlateauState", "reduce_on_plateau",
