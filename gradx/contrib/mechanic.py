@@ -26,15 +26,8 @@ class MechanicState(NamedTuple):
     x0: Any
 
 
-class _ScaleState(NamedTuple):
-    """``MechanicState`` without the base optimizer's state: what the per-leaf rule keeps."""
-
-    count: Any
-    r: Any
-    m: Any
-    v: Any
-    s: Any
-    x0: Any
+# ``MechanicState`` without the base optimizer's state: what the per-leaf rule keeps.
+_ScaleState = NamedTuple("_ScaleState", [(name, Any) for name in MechanicState._fields[1:]])
 
 
 def _scale_by_mechanic(weight_decay, eps, s_init, num_betas) -> GradientTransformationExtraArgs:
