@@ -1,5 +1,6 @@
 """gradx.contrib.dog / dowg and their building blocks against optax 0.2.8 (float32 and bf16,
-state included), Optax's documented example values, and construction-time validation."""
+state included; Optax's documented dowg example is dowg's docstring), and construction-time
+validation."""
 
 import jax
 import jax.numpy as jnp
@@ -13,15 +14,13 @@ from support import compare, make_params
 MASK = {"dense": {"kernel": True, "bias": False}, "scale": False, "conv": True, "head": True}
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("dog", {}),
+@pytest.mark.parametrize("name, kwargs", [  # the defaults: test_building_blocks_match_optax_in_bf16
     ("dog", {"init_step": ("distance", 0.1), "weight_decay": 0.1, "mask": MASK}),
     ("dog", {"learning_rate": lambda c: 0.5 / (1.0 + c), "init_step": ("learning_rate", 0.05),
              "eps": 1e-6}),
-    ("dowg", {}),
     ("dowg", {"learning_rate": lambda c: 0.5 / (1.0 + c), "init_estim_sq_dist": 0.01,
               "eps": 1e-3, "weight_decay": 0.1, "mask": MASK}),
-], ids=["dog", "dog-distance-wd", "dog-lr-schedule", "dowg", "dowg-all"])
+], ids=["dog-distance-wd", "dog-lr-schedule", "dowg-all"])
 def test_matches_optax(name, kwargs):
     ours, theirs = getattr(gradx.contrib, name)(**kwargs), getattr(optax.contrib, name)(**kwargs)
     _, state = compare(ours, theirs)
@@ -30,7 +29,7 @@ def test_matches_optax(name, kwargs):
     assert inner._fields == type(theirs.init(make_params())[1])._fields
 
 
-@pytest.mark.parametrize("name, args", [("scale_by_dog", (("heuristic", 1e-4),)),
+@pytest.mark.parametrize("name, args", [("scale_by_dog", (("heuristic", 1e-6),)),
                                         ("scale_by_dowg", ())])
 def test_building_blocks_match_optax_in_bf16(name, args):
     ours, theirs = getattr(gradx.contrib, name)(*args), getattr(optax_dog, name)(*args)
@@ -38,17 +37,6 @@ def test_building_blocks_match_optax_in_bf16(name, args):
     assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
     assert all(jnp.result_type(s) == jnp.result_type(t) for s, t in zip(
         jax.tree.leaves(state), jax.tree.leaves(theirs.init(make_params(jnp.bfloat16)))))
-
-
-def test_dog_optax_documented_example():
-    """Optax's docstring example: f(x) = Σx², five steps from [1, 2, 3] print 13.99..."""
-    tx, params = gradx.contrib.dog(), jnp.array([1.0, 2.0, 3.0])
-    state, update = tx.init(params), jax.jit(tx.update)
-    for _ in range(5):
-        value, grad = jax.value_and_grad(lambda x: jnp.sum(x ** 2))(params)
-        updates, state = update(grad, state, params, value=value)
-        params = gradx.apply_updates(params, updates)
-        assert 13.99 < float(jnp.sum(params ** 2)) < 14.0
 
 
 @pytest.mark.parametrize("make, argument", [

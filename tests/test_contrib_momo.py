@@ -17,29 +17,28 @@ def loss(step, params):
     return {"value": sum(jnp.sum(0.5 * (p.astype(jnp.float32) - 0.3) ** 2) for p in leaves)}
 
 
-CASES = [
-    ("momo", {}),
+CASES = [  # float32 with every argument set; bf16 with the defaults
     ("momo", {"learning_rate": lambda c: 0.5 / (1.0 + c), "beta": 0.8, "lower_bound": 0.5,
-              "weight_decay": 0.1, "adapt_lower_bound": True}),
-    ("momo_adam", {}),
+              "weight_decay": 0.1, "adapt_lower_bound": True}, jnp.float32),
     ("momo_adam", {"learning_rate": lambda c: 0.5 / (1.0 + c), "b1": 0.8, "b2": 0.99,
                    "eps": 1e-6, "lower_bound": 0.5, "weight_decay": 0.1,
-                   "adapt_lower_bound": True}),
+                   "adapt_lower_bound": True}, jnp.float32),
+    ("momo", {}, jnp.bfloat16),
+    ("momo_adam", {}, jnp.bfloat16),
 ]
 
 
-@pytest.mark.parametrize("name, kwargs", CASES, ids=["momo", "momo-all", "adam", "adam-all"])
-def test_matches_optax(name, kwargs):
+@pytest.mark.parametrize("name, kwargs, dtype", CASES,
+                         ids=["momo-f32", "adam-f32", "momo-bf16", "adam-bf16"])
+def test_matches_optax(name, kwargs, dtype):
     ours, theirs = getattr(gradx.contrib, name)(**kwargs), getattr(optax.contrib, name)(**kwargs)
-    _, state = compare(ours, theirs, extra_args=loss)
+    updates, state = compare(ours, theirs, params=make_params(dtype), extra_args=loss,
+                             n_steps=6 if dtype == jnp.float32 else 3)
     assert type(state).__name__ == type(theirs.init(make_params())).__name__
     assert state._fields == theirs.init(make_params())._fields
+    assert all(u.dtype == dtype for u in jax.tree.leaves(updates))
     if kwargs.get("adapt_lower_bound"):
         assert float(state.lb) > kwargs["lower_bound"]  # the estimated bound moved
-    if not kwargs:
-        updates, _ = compare(ours, theirs, params=make_params(jnp.bfloat16), n_steps=3,
-                             extra_args=loss)
-        assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
 
 
 def test_momo_adam_optax_documented_value():

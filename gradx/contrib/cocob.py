@@ -68,7 +68,7 @@ def cocob(learning_rate: ScalarOrSchedule = 1.0, alpha: jax.typing.ArrayLike = 1
       >>> tx = gradx.contrib.cocob()
       >>> params = jnp.array([1.0, -2.0])
       >>> state = tx.init(params)
-      >>> updates, state = tx.update(jnp.array([0.5, -0.5]), state, params)
+      >>> updates, state = jax.jit(tx.update)(jnp.array([0.5, -0.5]), state, params)
       >>> print(np.asarray(updates, float).round(4))  # θ₀ + C·L/(L·αL) = θ₀ - g/(α|g|)
       [-0.01  0.01]
     """

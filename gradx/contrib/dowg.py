@@ -69,10 +69,10 @@ def dowg(learning_rate: ScalarOrSchedule = 1.0,
     Examples:
       >>> tx = gradx.contrib.dowg()
       >>> params = jnp.array([1.0, 2.0, 3.0])
-      >>> state = tx.init(params)
+      >>> state, update = tx.init(params), jax.jit(tx.update)
       >>> for _ in range(3):
       ...     value, grad = jax.value_and_grad(lambda x: jnp.sum(x ** 2))(params)
-      ...     updates, state = tx.update(grad, state, params, value=value)
+      ...     updates, state = update(grad, state, params, value=value)
       ...     params = gradx.apply_updates(params, updates)
       ...     print(f"{jnp.sum(params ** 2):.6f}")  # Optax's documented values
       13.925367

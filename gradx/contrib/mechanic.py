@@ -89,14 +89,14 @@ def mechanize(base_optimizer: GradientTransformation, weight_decay: jax.typing.A
     ``optax.contrib.mechanize``.
 
     Examples:
-      >>> tx = gradx.contrib.mechanize(gradx.adam(1.0))
+      >>> tx = gradx.contrib.mechanize(gradx.sgd(1.0))
       >>> params = {"w": jnp.zeros(2)}
       >>> state = tx.init(params)
-      >>> updates, state = tx.update({"w": jnp.array([0.5, -0.5])}, state, params)
+      >>> updates, state = jax.jit(tx.update)({"w": jnp.array([0.5, -0.5])}, state, params)
       >>> print(state.s.shape)  # one scale per beta
       (6,)
-      >>> print((np.asarray(updates["w"]) / 1e-6).round(3))  # first step: s_init times Adam's
-      [-1.  1.]
+      >>> print((np.asarray(updates["w"]) / 1e-6).round(3))  # first step: s_init times SGD's
+      [-0.5  0.5]
     """
     checks.non_negative("weight_decay", weight_decay)
     checks.non_negative("eps", eps)

@@ -91,7 +91,7 @@ def momo(learning_rate: ScalarOrSchedule = 1.0, beta: jax.typing.ArrayLike = 0.9
       >>> params = jnp.array([1.0, 2.0, 3.0])
       >>> state = tx.init(params)
       >>> value, grad = jax.value_and_grad(lambda x: jnp.sum(x ** 2))(params)
-      >>> updates, state = tx.update(grad, state, params, value=value)
+      >>> updates, state = jax.jit(tx.update)(grad, state, params, value=value)
       >>> print(jnp.sum(gradx.apply_updates(params, updates) ** 2))  # Optax's documented 3.5
       3.5
     """

@@ -77,7 +77,7 @@ def dpsgd(learning_rate: ScalarOrSchedule, l2_norm_clip: jax.typing.ArrayLike,
     Examples:
       >>> tx = gradx.contrib.dpsgd(0.1, l2_norm_clip=1.0, noise_multiplier=0.0, seed=0)
       >>> per_example = {"w": jnp.array([[3.0, 4.0], [0.3, 0.4]])}  # norms 5 and 0.5
-      >>> updates, _ = tx.update(per_example, tx.init({"w": jnp.zeros(2)}))
+      >>> updates, _ = jax.jit(tx.update)(per_example, tx.init({"w": jnp.zeros(2)}))
       >>> print(np.asarray(updates["w"], float).round(4))  # -0.1 · ([0.6, 0.8] + [0.3, 0.4]) / 2
       [-0.045 -0.06 ]
     """
