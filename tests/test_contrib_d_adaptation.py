@@ -15,7 +15,8 @@ from dadaptation import DAdaptAdam
 from prodigyopt import Prodigy
 
 import gradx
-from support import assert_trees_close, compare, make_params, run, toward_target
+from contrib_support import compare
+from support import assert_trees_close, make_params, run, toward_target
 
 
 OPTAX_CASES = [  # float32 with every argument set; bf16 with the defaults

@@ -9,7 +9,8 @@ import pytest
 from optax.contrib import _dog as optax_dog  # scale_by_dog/dowg are not exported by Optax
 
 import gradx
-from support import compare, make_params
+from contrib_support import compare
+from support import make_params
 
 MASK = {"dense": {"kernel": True, "bias": False}, "scale": False, "conv": True, "head": True}
 

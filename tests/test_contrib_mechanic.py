@@ -7,7 +7,8 @@ import optax
 import pytest
 
 import gradx
-from support import compare, make_params, toward_target
+from contrib_support import compare
+from support import make_params, toward_target
 
 
 def test_mechanize_adam_matches_optax():

@@ -8,7 +8,8 @@ import optax
 import pytest
 
 import gradx
-from support import compare, make_params
+from contrib_support import compare
+from support import make_params
 
 
 def loss(step, params):

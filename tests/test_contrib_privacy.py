@@ -11,25 +11,16 @@ import optax
 import pytest
 
 import gradx
-from support import assert_trees_close, make_params
+from contrib_support import compare
+from support import make_params
 
 
-def per_example(params, step, dtype=None):
+def per_example(params, step):
     """A batch of 4 per-example gradients per leaf, of growing norms (some clipped, some not)."""
     rng = np.random.default_rng(step)
     return jax.tree.map(lambda p: jnp.asarray(
         rng.normal(size=(4,) + p.shape) * np.arange(1, 5).reshape((4,) + (1,) * p.ndim),
-        dtype or p.dtype), params)
-
-
-def _run(tx, n_steps=3, dtype=None):
-    params, update, history = make_params(dtype or jnp.float32), jax.jit(tx.update), []
-    state = tx.init(params)
-    for step in range(n_steps):
-        updates, state = update(per_example(params, step, dtype), state, params)
-        history.append(updates)
-        params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), params, updates)
-    return history, state
+        p.dtype), params)
 
 
 def test_dpsgd_matches_optax_with_the_same_noise():
@@ -39,16 +30,16 @@ def test_dpsgd_matches_optax_with_the_same_noise():
                                          nesterov=True)
     with warnings.catch_warnings(), jax.default_prng_impl("rbg"):
         warnings.simplefilter("ignore", DeprecationWarning)  # optax's dpsgd passes seed=
-        theirs, ours = _run(make(optax)), _run(make(gradx))
-    assert_trees_close(ours, theirs, what="DP updates and state")
+        ours, theirs = make(gradx), make(optax)
+    compare(ours, theirs, n_steps=3, grads_fn=per_example)
 
 
 def test_matches_optax_in_bf16():
     make = lambda lib: lib.contrib.differentially_private_aggregate(  # noqa: E731
         2.0, 0.1, key=jax.random.key(7, impl="rbg"))
-    ours, theirs = _run(make(gradx), 2, jnp.bfloat16), _run(make(optax), 2, jnp.bfloat16)
-    assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(ours[0]))
-    assert_trees_close(ours, theirs, what="bf16 DP updates and state")
+    updates, _ = compare(make(gradx), make(optax), params=make_params(jnp.bfloat16), n_steps=2,
+                         grads_fn=per_example)
+    assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
 
 
 def test_noise_free_aggregate_is_the_clipped_mean():

@@ -2,15 +2,14 @@
 and bf16, state included), and the transparent-mode fixes: sync_period=1 is the outer optimizer,
 booleans stay booleans, PRNG keys work."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
 
 import gradx
-from support import assert_trees_close, compare, make_grads, make_params, run
+from contrib_support import compare
+from support import assert_trees_close, make_grads, make_params, run
 
 
 def sgd_sam(lib, **kwargs):
@@ -45,17 +44,22 @@ def _loss(params):
 
 def test_opaque_sam_matches_optax():
     grad_fn = lambda params, i: jax.grad(_loss)(params)  # noqa: E731
-    results = []
-    for lib in (gradx, optax):
-        tx = momentum_sam(lib, opaque_mode=True, sync_period=3)
-        params, update = make_params(), jax.jit(functools.partial(tx.update, grad_fn=grad_fn))
-        state = tx.init(params)
-        for _ in range(3):
-            updates, state = update(jax.grad(_loss)(params), state, params)
-            params = lib.apply_updates(params, updates)
-        results.append((params, state))
-    assert_trees_close(results[0], results[1], what="opaque SAM params and state")
-    assert results[0][1].cache is None
+    txs = [momentum_sam(lib, opaque_mode=True, sync_period=3) for lib in (gradx, optax)]
+
+    @jax.jit
+    def step(states, params):  # both in one compilation
+        return [tx.update(jax.grad(_loss)(p), s, p, grad_fn=grad_fn)
+                for tx, s, p in zip(txs, states, params)]
+
+    params = [make_params()] * 2
+    states = [tx.init(p) for tx, p in zip(txs, params)]
+    for _ in range(3):
+        (ua, sa), (ub, sb) = step(states, params)
+        assert_trees_close(ua, ub, what="opaque SAM updates")
+        params = [gradx.apply_updates(p, u) for p, u in zip(params, (ua, ub))]
+        states = [sa, sb]
+    assert_trees_close(states[0], states[1], what="opaque SAM state")
+    assert states[0].cache is None
 
 
 def test_opaque_sam_without_grad_fn_says_what_to_pass():
