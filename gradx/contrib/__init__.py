@@ -19,16 +19,16 @@ from gradx.contrib._mars import ScaleByMarsState, mars, scale_by_mars
 from gradx.contrib._schedule_free import ScheduleFreeState, schedule_free
 from gradx.contrib._schedule_free import schedule_free_adamw, schedule_free_sgd
 from gradx.contrib._schedule_free import schedule_free_eval_params
-from gradx.contrib.cocob import COCOBState, cocob, scale_by_cocob
-from gradx.contrib.dadapt_adamw import DAdaptAdamWState, dadapt_adamw
-from gradx.contrib.dog import DoGState, dog, scale_by_dog
-from gradx.contrib.dowg import DoWGState, dowg, scale_by_dowg
-from gradx.contrib.mechanic import MechanicState, mechanize
-from gradx.contrib.momo import MomoAdamState, MomoState, momo, momo_adam
-from gradx.contrib.privacy import (DifferentiallyPrivateAggregateState,
-                                   differentially_private_aggregate, dpsgd)
-from gradx.contrib.prodigy import ProdigyState, prodigy
-from gradx.contrib.sam import NormalizeState, SAMState, normalize, sam
+from gradx.contrib._cocob import COCOBState, cocob, scale_by_cocob
+from gradx.contrib._dadapt_adamw import DAdaptAdamWState, dadapt_adamw
+from gradx.contrib._dog import DoGState, dog, scale_by_dog
+from gradx.contrib._dowg import DoWGState, dowg, scale_by_dowg
+from gradx.contrib._mechanic import MechanicState, mechanize
+from gradx.contrib._momo import MomoAdamState, MomoState, momo, momo_adam
+from gradx.contrib._privacy import (DifferentiallyPrivateAggregateState,
+                                    differentially_private_aggregate, dpsgd)
+from gradx.contrib._prodigy import ProdigyState, prodigy
+from gradx.contrib._sam import NormalizeState, SAMState, normalize, sam
 
 __all__ = [
     "ReduceLROnPlateauState", "reduce_on_plateau",

@@ -10,7 +10,7 @@ from gradx import checks, plumbing
 from gradx.base import GradientTransformation, GradientTransformationExtraArgs, MaskOrFn
 from gradx.base import ScalarOrSchedule, identity
 from gradx.combine import chain
-from gradx.contrib.dog import distance_from_start, scaled_by_step
+from gradx.contrib._dog import distance_from_start, scaled_by_step
 from gradx.leafwise import Moment, leafwise
 from gradx.scaling import scale_by_learning_rate
 from gradx.weight_decay import add_decayed_weights

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from gradx import checks, plumbing
 from gradx.base import GradientTransformationExtraArgs, ScalarOrSchedule
-from gradx.contrib.d_adaptation import check_adam_d_args, raise_d, step_size
+from gradx.contrib._d_adaptation import check_adam_d_args, raise_d, step_size
 from gradx.leafwise import Moment, leafwise
 
 
