@@ -7,6 +7,7 @@ which dominates these tests)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import torch
 
 import gradx
@@ -100,3 +101,15 @@ def compare(ours, theirs, params=None, n_steps=6, extra_args=None, grads_fn=make
     assert_trees_close(params[0], params[1], rtol, atol, what="final params")
     assert_trees_close(states[0], states[1], rtol, atol, what="final state")
     return history, states[0]
+
+
+def compare_by_name(name, kwargs, dtype, **options):
+    """``compare`` of ``gradx.contrib.<name>(**kwargs)`` and ``optax.contrib.<name>(**kwargs)``
+    from ``make_params(dtype)``, 6 steps in float32 and 3 in bf16; also checks that the states
+    have the same class and that the updates keep ``dtype``."""
+    ours, theirs = getattr(gradx.contrib, name)(**kwargs), getattr(optax.contrib, name)(**kwargs)
+    updates, state = compare(ours, theirs, params=make_params(dtype),
+                             n_steps=6 if dtype == jnp.float32 else 3, **options)
+    assert type(state).__name__ == type(theirs.init(make_params())).__name__
+    assert all(u.dtype == dtype for u in jax.tree.leaves(updates))
+    return updates, state
