@@ -142,6 +142,16 @@ def _check_batch_dim(grads, name: str) -> None:
                          f"axis 0, got shapes {jax.tree.map(jnp.shape, grads)}.")
 
 
+def per_example_clip_factors(grads, l2_norm_clip: jax.typing.ArrayLike,
+                             name: str = "per_example_global_norm_clip") -> jax.Array:
+    """``min(1, C/‖g_i‖)`` for each example ``i`` (axis 0 of every leaf; global norms), 1 where
+    it is NaN (``0/0``); ``name`` is the caller named by the errors."""
+    _check_batch_dim(grads, name)
+    checks.non_negative("l2_norm_clip", l2_norm_clip)
+    norms = jax.vmap(global_norm)(grads)
+    return jnp.nan_to_num(jnp.minimum(l2_norm_clip / norms, 1.0), nan=1.0)
+
+
 def per_example_global_norm_clip(grads, l2_norm_clip: jax.typing.ArrayLike):
     """Clips each example's gradient (axis 0 of every leaf) to global norm ``l2_norm_clip`` and
     sums over examples (DP-SGD, Abadi et al. 2016).
@@ -149,10 +159,7 @@ def per_example_global_norm_clip(grads, l2_norm_clip: jax.typing.ArrayLike):
     Returns ``(clipped_sum, num_clipped)``: ``Σ_i g_i · min(1, C/‖g_i‖)`` (factor 1 when it is
     NaN, e.g. ``0/0``) and the number of examples whose factor was < 1. A plain function, as Optax.
     """
-    _check_batch_dim(grads, "per_example_global_norm_clip")
-    checks.non_negative("l2_norm_clip", l2_norm_clip)
-    norms = jax.vmap(global_norm)(grads)
-    factors = jnp.nan_to_num(jnp.minimum(l2_norm_clip / norms, 1.0), nan=1.0)
+    factors = per_example_clip_factors(grads, l2_norm_clip)
     clipped_sum = jax.tree.map(lambda g: jnp.tensordot(factors, g, axes=1), grads)
     return clipped_sum, jnp.sum(factors < 1.0)
 

@@ -30,7 +30,8 @@ Each case in two lines:
     leafwise(rule, EmptyState, step_inputs=("updates",),
              step_scalars=lambda _, updates: {"norm": global_norm(updates)})
 
-- scalar state carried from step to step (``carry``: its initial values)::
+- scalar state carried from step to step (``carry``: its initial values, or functions of the
+  params that return them)::
 
     leafwise(rule, NAdamState, moments, carry={"mu_product": 1.0},
              step_scalars=lambda count, mu_product: (scalars, {"mu_product": mu_product * mu}))
@@ -170,9 +171,10 @@ def leafwise(
       step_inputs: what ``step_scalars`` also takes, as keywords: any of ``'state'`` (the
         incoming state), ``'updates'``, ``'params'``, ``'extra_args'`` (the update's extra
         keyword arguments, spread; the transformation then takes them).
-      carry: scalar state fields carried from step to step, with their initial values;
-        ``step_scalars`` also gets their current values as keywords and returns
-        ``(scalars, new_values)``. New values keep the old values' dtype.
+      carry: scalar state fields carried from step to step, with their initial values (or
+        functions of the params that return them: a scalar in the params' dtype, an estimate
+        from their norm); ``step_scalars`` also gets their current values as keywords and
+        returns ``(scalars, new_values)``. New values keep the old values' dtype.
     """
     has_count = count_field is not None and count_field in state_cls._fields
     names = [m.name for m in moments]
@@ -180,7 +182,8 @@ def leafwise(
 
     def init(params):
         fields = {m.name: jax.tree.map(m.init_leaf, params) for m in moments}
-        fields.update({name: jnp.asarray(value) for name, value in carry.items()})
+        fields.update({name: jnp.asarray(value(params) if callable(value) else value)
+                       for name, value in carry.items()})
         if has_count:
             fields[count_field] = jnp.zeros([], jnp.int32)
         return state_cls(**fields)

@@ -122,12 +122,14 @@ def abs_sq(x: jax.Array) -> jax.Array:
     return (jnp.conj(x) * x).real if jnp.iscomplexobj(x) else x * x
 
 
+def _total(sums: list) -> jax.Array:
+    """The sum of per-leaf scalars in flattening order, in their dtype (float32 when empty)."""
+    return sum(sums) if sums else jnp.zeros([], jnp.float32)
+
+
 def squared_norm(tree: PyTree) -> jax.Array:
     """``Σ |x|²`` over every element of every leaf."""
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.zeros([], jnp.float32)
-    return sum(jnp.sum(abs_sq(x)) for x in leaves)
+    return _total([jnp.sum(abs_sq(x)) for x in jax.tree.leaves(tree)])
 
 
 def leaf_norm(x: jax.Array, floor=0.0) -> jax.Array:
@@ -208,6 +210,28 @@ def floored_sqrt(s: jax.Array, floor=0.0, scale=1.0) -> jax.Array:
 def global_norm(tree: PyTree) -> jax.Array:
     """The L2 norm of all the elements of a tree, as one vector."""
     return jnp.sqrt(squared_norm(tree))
+
+
+def l1_norm(tree: PyTree) -> jax.Array:
+    """``Σ |x|`` over every element of every leaf."""
+    return _total([jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)])
+
+
+def vdot(a: PyTree, b: PyTree) -> jax.Array:
+    """``Σ conj(a)·b`` over every element of two trees of the same structure: one contraction
+    per leaf at the highest precision, summed in flattening order (as Optax's ``tree.vdot``)."""
+    def leaf(x, y):
+        x = jnp.conj(x) if jnp.iscomplexobj(x) else x
+        return jnp.tensordot(x, y, jnp.ndim(x), precision=jax.lax.Precision.HIGHEST)
+
+    return _total(jax.tree.leaves(jax.tree.map(leaf, a, b)))
+
+
+def full_in_lowest_dtype(value, shape=()):
+    """A function of the params: an array of ``shape`` filled with ``value`` in the params'
+    lowest float dtype (the scalar state of Optax's contrib optimizers, kept in that dtype so
+    that it never promotes a low-precision update)."""
+    return lambda params: jnp.full(shape, value, tree_dtype(params, "lowest"))
 
 
 def tree_dtype(tree: PyTree, mixed: str = "highest"):

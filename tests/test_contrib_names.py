@@ -1,4 +1,4 @@
-"""gradx.contrib's half built here has Optax 0.2.8's signatures (gradx only adds keyword-only
+"""gradx.contrib has Optax 0.2.8's signatures (gradx only adds keyword-only
 arguments at the end) and state classes."""
 
 import inspect
@@ -13,10 +13,14 @@ FUNCTIONS = [
     "scale_by_simplified_ademamix", "adopt", "scale_by_adopt", "madgrad", "scale_by_madgrad",
     "galore", "scale_by_galore", "schedule_free", "schedule_free_eval_params",
     "schedule_free_sgd", "schedule_free_adamw", "split_real_and_imaginary",
+    "cocob", "scale_by_cocob", "dadapt_adamw", "prodigy", "dog", "dowg", "momo", "momo_adam",
+    "mechanize", "sam", "normalize", "differentially_private_aggregate", "dpsgd",
 ]
 STATES = ["ScaleByAdemamixState", "ScaleBySimplifiedAdEMAMixState", "MadgradState",
           "GaLoreDimensionNumbers", "GaLoreState", "ScheduleFreeState",
-          "SplitRealAndImaginaryState"]
+          "SplitRealAndImaginaryState", "COCOBState", "DAdaptAdamWState", "ProdigyState",
+          "DoGState", "DoWGState", "MomoState", "MomoAdamState", "MechanicState", "SAMState",
+          "NormalizeState", "DifferentiallyPrivateAggregateState"]
 
 
 def _same_default(ours, theirs):

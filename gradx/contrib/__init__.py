@@ -19,6 +19,16 @@ from gradx.contrib._mars import ScaleByMarsState, mars, scale_by_mars
 from gradx.contrib._schedule_free import ScheduleFreeState, schedule_free
 from gradx.contrib._schedule_free import schedule_free_adamw, schedule_free_sgd
 from gradx.contrib._schedule_free import schedule_free_eval_params
+from gradx.contrib._cocob import COCOBState, cocob, scale_by_cocob
+from gradx.contrib._dadapt_adamw import DAdaptAdamWState, dadapt_adamw
+from gradx.contrib._dog import DoGState, dog, scale_by_dog
+from gradx.contrib._dowg import DoWGState, dowg, scale_by_dowg
+from gradx.contrib._mechanic import MechanicState, mechanize
+from gradx.contrib._momo import MomoAdamState, MomoState, momo, momo_adam
+from gradx.contrib._privacy import (DifferentiallyPrivateAggregateState,
+                                    differentially_private_aggregate, dpsgd)
+from gradx.contrib._prodigy import ProdigyState, prodigy
+from gradx.contrib._sam import NormalizeState, SAMState, normalize, sam
 
 __all__ = [
     "ReduceLROnPlateauState", "reduce_on_plateau",
@@ -32,4 +42,13 @@ __all__ = [
     "ScaleByMarsState", "mars", "scale_by_mars",
     "ScheduleFreeState", "schedule_free", "schedule_free_adamw", "schedule_free_eval_params",
     "schedule_free_sgd",
+    "COCOBState", "cocob", "scale_by_cocob",
+    "DAdaptAdamWState", "dadapt_adamw",
+    "DoGState", "dog", "scale_by_dog",
+    "DoWGState", "dowg", "scale_by_dowg",
+    "MechanicState", "mechanize",
+    "MomoState", "MomoAdamState", "momo", "momo_adam",
+    "DifferentiallyPrivateAggregateState", "differentially_private_aggregate", "dpsgd",
+    "ProdigyState", "prodigy",
+    "NormalizeState", "SAMState", "normalize", "sam",
 ]
