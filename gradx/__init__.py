@@ -42,3 +42,5 @@ from gradx.memory import *  # noqa: F401,F403
 __version__ = "0.1.0"
 
 from gradx import checkpoint, contrib, fused, recipes, torch_compat  # noqa: E402  (built on the above)
+from gradx import tree, tree_utils  # noqa: E402  (Optax's module paths)
+from gradx.tree_utils import tree_map_params  # noqa: E402

@@ -10,6 +10,7 @@ from typing import Any, Callable, NamedTuple, Union
 import jax
 
 from gradx.base import GradientTransformation, GradientTransformationExtraArgs, with_extra_args_support
+from gradx.tree_state import ParamsPlaceholder
 
 
 class MaskedState(NamedTuple):
@@ -50,6 +51,8 @@ def masked(inner: GradientTransformation, mask: Union[Any, Callable[[Any], Any]]
     inner = with_extra_args_support(inner)
 
     def init(params):
+        if isinstance(params, ParamsPlaceholder):  # tree_map_params: no params to mask
+            return MaskedState(inner_state=inner.init(params))
         return MaskedState(inner_state=inner.init(mask_tree(params, resolve_mask(mask, params))))
 
     def update(updates, state, params=None, **extra_args):
