@@ -42,5 +42,10 @@ from gradx.memory import *  # noqa: F401,F403
 __version__ = "0.1.0"
 
 from gradx import checkpoint, contrib, fused, recipes, torch_compat  # noqa: E402  (built on the above)
-from gradx import tree, tree_utils  # noqa: E402  (Optax's module paths)
+from gradx import losses, projections, tree, tree_utils  # noqa: E402  (Optax's module paths)
+from gradx.losses import (  # noqa: E402  (the losses Optax also exports at its top level)
+    convex_kl_divergence, cosine_distance, cosine_similarity, ctc_loss, ctc_loss_with_forward_probs,
+    generalized_kl_divergence, hinge_loss, huber_loss, kl_divergence, l2_loss, log_cosh, ntxent,
+    safe_softmax_cross_entropy, sigmoid_binary_cross_entropy, sigmoid_focal_loss, smooth_labels,
+    softmax_cross_entropy, softmax_cross_entropy_with_integer_labels, squared_error)
 from gradx.tree_utils import tree_map_params  # noqa: E402
