@@ -102,8 +102,8 @@ def softmax_cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.Array
     Examples:
       >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
       >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-      >>> print(gradx.losses.softmax_cross_entropy(logits, labels).round(4))
-      [0.2761 2.9518]
+      >>> [round(float(v), 4) for v in gradx.losses.softmax_cross_entropy(logits, labels)]
+      [0.2761, 2.9518]
     """
     check_dtype("logits", logits, jnp.floating)
     where = _expand_where(where, logits, axis)
@@ -121,8 +121,8 @@ def softmax_cross_entropy_with_integer_labels(
     Examples:
       >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
       >>> loss = gradx.losses.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 1]))
-      >>> print(loss.round(4))
-      [0.2761 2.9518]
+      >>> [round(float(v), 4) for v in loss]
+      [0.2761, 2.9518]
     """
     check_dtype("logits", logits, jnp.floating)
     check_dtype("labels", labels, jnp.integer)

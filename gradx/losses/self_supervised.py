@@ -53,11 +53,12 @@ def triplet_margin_loss(anchors: jax.typing.ArrayLike, positives: jax.typing.Arr
       >>> anchors = jnp.array([[0.0, 0.0], [1.0, 1.0]])
       >>> positives = jnp.array([[0.1, 0.1], [1.1, 1.1]])
       >>> negatives = jnp.array([[1.0, 0.0], [0.0, 1.0]])
-      >>> print(gradx.losses.triplet_margin_loss(anchors, positives, negatives).round(4))
-      [0.1414 0.1414]
-      >>> print(gradx.losses.triplet_margin_loss(anchors, positives, negatives,
-      ...                                        norm_degree=1).round(4))
-      [0.2 0.2]
+      >>> loss = gradx.losses.triplet_margin_loss(anchors, positives, negatives)
+      >>> [round(float(v), 4) for v in loss]
+      [0.1414, 0.1414]
+      >>> loss = gradx.losses.triplet_margin_loss(anchors, positives, negatives, norm_degree=1)
+      >>> [round(float(v), 4) for v in loss]
+      [0.2, 0.2]
     """
     for name, value in (("anchors", anchors), ("positives", positives), ("negatives", negatives)):
         check_dtype(name, value, jnp.floating)
