@@ -42,7 +42,12 @@ from gradx.memory import *  # noqa: F401,F403
 __version__ = "0.1.0"
 
 from gradx import checkpoint, contrib, fused, recipes, torch_compat  # noqa: E402  (built on the above)
-from gradx import losses, projections, tree, tree_utils  # noqa: E402  (Optax's module paths)
+from gradx import (assignment, experimental, losses, microbatching, perturbations,  # noqa: E402
+                   projections, second_order, transforms, tree, tree_utils)  # Optax's modules
+from gradx.microbatching import microbatch  # noqa: E402
+from gradx.least_squares import nnls  # noqa: E402
+from gradx.numerics import safe_norm, safe_root_mean_squares, scale_gradient  # noqa: E402
+from gradx.perturbations import multi_normal  # noqa: E402
 from gradx.losses import (  # noqa: E402  (the losses Optax also exports at its top level)
     convex_kl_divergence, cosine_distance, cosine_similarity, ctc_loss, ctc_loss_with_forward_probs,
     generalized_kl_divergence, hinge_loss, huber_loss, kl_divergence, l2_loss, log_cosh, ntxent,

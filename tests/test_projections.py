@@ -39,10 +39,13 @@ def _values_and_grads(p):
                            TREE)
     out = {}
     for name, fn in _cases(p).items():
-        loss = lambda t: gradx.tree.vdot(weights, fn(t))  # noqa: E731, B023
-        out[name] = (fn(TREE), jax.grad(loss)(TREE))
+        value_and_grad = jax.value_and_grad(
+            lambda t: (gradx.tree.vdot(weights, fn(t)), fn(t)), has_aux=True)  # noqa: B023
+        (_, value), grad = value_and_grad(TREE)
+        out[name] = (value, grad)
         if name in ("l1_ball", "l2_ball", "l2_sphere"):  # inside the ball too
-            out[name + "_small"] = (fn(SMALL), jax.grad(loss)(SMALL))
+            (_, value), grad = value_and_grad(SMALL)
+            out[name + "_small"] = (value, grad)
     return out
 
 
