@@ -30,22 +30,30 @@ __all__ = [
 ]
 
 
+class WrappedScheduleState(NamedTuple):
+    """The state of a ``WrappedSchedule``: the step count (Optax's class, so that
+    ``tree_get(state, 'learning_rate', filtering=...)`` tells the value from the schedule's
+    state as in Optax)."""
+
+    count: jax.Array
+
+
 class WrappedSchedule:
     """A count-based schedule seen as a stateful one: the state is the step count."""
 
     def __init__(self, schedule: Callable[[jax.Array], Any]):
         self.schedule = schedule
 
-    def init(self) -> jax.Array:
-        return jnp.zeros([], jnp.int32)
+    def init(self) -> WrappedScheduleState:
+        return WrappedScheduleState(count=jnp.zeros([], jnp.int32))
 
-    def update(self, state, **extra_args):
+    def update(self, state: WrappedScheduleState, **extra_args) -> WrappedScheduleState:
         del extra_args
-        return safe_increment(state)
+        return WrappedScheduleState(count=safe_increment(state.count))
 
-    def __call__(self, state, **extra_args):
+    def __call__(self, state: WrappedScheduleState, **extra_args):
         del extra_args
-        return self.schedule(state)
+        return self.schedule(state.count)
 
 
 class InjectHyperparamsState(NamedTuple):
