@@ -30,18 +30,12 @@ PENDING_IN_OTHER_BRANCHES = {
     # the "contrib" and "contrib2" branches
     *(f"contrib.{name}" for name in (
         "COCOBState", "DAdaptAdamWState", "DifferentiallyPrivateAggregateState", "DoGState",
-        "DoWGState", "GaLoreDimensionNumbers", "GaLoreState", "HutchinsonState", "MadgradState",
-        "MechanicState", "MomoAdamState", "MomoState", "MuonDimensionNumbers", "MuonState",
-        "NormalizeState", "ProdigyState", "SAMState", "ScaleByAdemamixState",
-        "ScaleBySimplifiedAdEMAMixState", "ScheduleFreeState", "SophiaState",
-        "SplitRealAndImaginaryState", "acprop", "ademamix", "adopt", "cocob", "dadapt_adamw",
-        "differentially_private_aggregate", "dog", "dowg", "dpsgd", "galore",
-        "hutchinson_estimator_diag_hessian", "madgrad", "mechanize", "momo", "momo_adam", "muon",
-        "normalize", "prodigy", "sam", "scale_by_acprop", "scale_by_ademamix", "scale_by_adopt",
-        "scale_by_cocob", "scale_by_galore", "scale_by_madgrad", "scale_by_muon",
-        "scale_by_simplified_ademamix", "schedule_free", "schedule_free_adamw",
-        "schedule_free_eval_params", "schedule_free_sgd", "simplified_ademamix", "sophia",
-        "split_real_and_imaginary")),
+        "DoWGState", "HutchinsonState", "MechanicState", "MomoAdamState", "MomoState",
+        "MuonDimensionNumbers", "MuonState", "NormalizeState", "ProdigyState", "SAMState",
+        "SophiaState", "cocob", "dadapt_adamw", "differentially_private_aggregate", "dog",
+        "dowg", "dpsgd", "hutchinson_estimator_diag_hessian", "mechanize", "momo",
+        "momo_adam", "muon", "normalize", "prodigy", "sam", "scale_by_cocob",
+        "scale_by_muon", "sophia")),
 }
 
 
