@@ -45,6 +45,7 @@ from gradx import checkpoint, contrib, fused, recipes, torch_compat  # noqa: E40
 from gradx import (assignment, experimental, losses, microbatching, perturbations,  # noqa: E402
                    projections, second_order, transforms, tree, tree_utils)  # Optax's modules
 from gradx.microbatching import microbatch  # noqa: E402
+from gradx.optimizers import optimistic_adam  # noqa: E402  (deprecated, so not in optimizers.__all__)
 from gradx.least_squares import nnls  # noqa: E402
 from gradx.numerics import safe_norm, safe_root_mean_squares, scale_gradient  # noqa: E402
 from gradx.perturbations import multi_normal  # noqa: E402

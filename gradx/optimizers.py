@@ -33,7 +33,7 @@ from gradx.weight_decay import add_decayed_weights
 __all__ = [
     "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamaxw", "adamw", "adan",
     "amsgrad", "fromage", "lamb", "lars", "lbfgs", "lion", "nadam", "nadamw", "noisy_sgd",
-    "novograd", "optimistic_adam", "optimistic_adam_v2", "optimistic_gradient_descent", "polyak_sgd", "radam",
+    "novograd", "optimistic_adam_v2", "optimistic_gradient_descent", "polyak_sgd", "radam",
     "rmsprop", "rprop", "sgd", "sign_sgd", "signum", "sm3", "yogi",
 ]
 
