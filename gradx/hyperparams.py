@@ -31,9 +31,11 @@ __all__ = [
 
 
 class WrappedScheduleState(NamedTuple):
-    """The state of a ``WrappedSchedule``: the step count (as Optax's)."""
+    """The state of a ``WrappedSchedule``: the step count (Optax's class, so that
+    ``tree_get(state, 'learning_rate', filtering=...)`` tells the value from the schedule's
+    state as in Optax)."""
 
-    count: jax.typing.ArrayLike
+    count: jax.Array
 
 
 class WrappedSchedule:

@@ -22,6 +22,7 @@ from gradx import checks
 from gradx.base import (NO_PARAMS_MSG, GradientTransformationExtraArgs, Params, Updates,
                         safe_increment)
 from gradx.plumbing import where
+from gradx.tree_math import tree_vdot
 
 
 # ------------------------------------------------------------------------------------------------
@@ -31,9 +32,7 @@ from gradx.plumbing import where
 def real_vdot(x: Any, y: Any) -> jax.Array:
     """``Re Σ conj(x)·y`` over all the leaves of two trees of the same structure, summed leaf by
     leaf in flattening order with the highest matmul precision (as ``optax.tree.vdot``)."""
-    products = [jnp.tensordot(jnp.conj(a), b, jnp.ndim(a), precision=jax.lax.Precision.HIGHEST)
-                for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))]
-    return jnp.real(sum(products, 0))
+    return jnp.real(tree_vdot(x, y))
 
 
 def add_scaled(x: Any, scalar: jax.typing.ArrayLike, y: Any) -> Any:

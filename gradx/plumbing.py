@@ -5,6 +5,7 @@ offending path, typed tree constructors, casts, and norms and statistics of one 
 Paths are written as the keys from the root joined by ``/`` (``"encoder/layers_0/kernel"``).
 """
 
+import functools
 from typing import Any, Optional, Sequence
 
 import jax
@@ -94,17 +95,20 @@ def canonicalize_dtype(dtype) -> Optional[np.dtype]:
     return None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
 
 
-def full_like(tree: PyTree, value, dtype=None) -> PyTree:
-    """A tree of arrays shaped like ``tree``'s leaves, filled with ``value``."""
-    return jax.tree.map(lambda x: jnp.full(jnp.shape(x), value, dtype or jnp.result_type(x)), tree)
+def full_like(tree: PyTree, fill_value, dtype=None) -> PyTree:
+    """A tree of arrays shaped like ``tree``'s leaves (and with their dtype and sharding, unless
+    ``dtype`` is given), filled with ``fill_value``. Optax's ``tree.full_like``."""
+    return jax.tree.map(lambda x: jnp.full_like(x, fill_value, dtype=dtype), tree)
 
 
 def zeros_like(tree: PyTree, dtype=None) -> PyTree:
+    """An all-zeros tree shaped like ``tree``. Optax's ``tree.zeros_like``."""
     return full_like(tree, 0, dtype)
 
 
 def cast(tree: PyTree, dtype) -> PyTree:
-    """Casts every leaf to ``dtype``; ``dtype=None`` leaves the tree unchanged."""
+    """Casts every leaf to ``dtype``; ``dtype=None`` leaves the tree unchanged. Optax's
+    ``tree.cast`` (which also accepts Python numbers here)."""
     if dtype is None:
         return tree
     return jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), tree)
@@ -207,9 +211,9 @@ def floored_sqrt(s: jax.Array, floor=0.0, scale=1.0) -> jax.Array:
     return jnp.where(small, floor, scale * jnp.sqrt(jnp.where(small, 1.0, s)))
 
 
-def global_norm(tree: PyTree) -> jax.Array:
+def global_norm(updates: PyTree) -> jax.Array:
     """The L2 norm of all the elements of a tree, as one vector."""
-    return jnp.sqrt(squared_norm(tree))
+    return jnp.sqrt(squared_norm(updates))
 
 
 def l1_norm(tree: PyTree) -> jax.Array:
@@ -234,13 +238,40 @@ def full_in_lowest_dtype(value, shape=()):
     return lambda params: jnp.full(shape, value, tree_dtype(params, "lowest"))
 
 
-def tree_dtype(tree: PyTree, mixed: str = "highest"):
-    """The ``'highest'`` or ``'lowest'`` float dtype among the leaves (float32 for an empty tree)."""
-    dtypes = [jnp.result_type(x) for x in jax.tree.leaves(tree)]
-    if not dtypes:
-        return jnp.dtype(jnp.float32)
-    ordered = sorted(dtypes, key=lambda d: jnp.finfo(d).bits if jnp.issubdtype(d, jnp.inexact) else 0)
-    return ordered[-1] if mixed == "highest" else ordered[0]
+def tree_dtype(tree: PyTree, mixed_dtype_handler: Optional[str] = None):
+    """The dtype of a tree's leaves (Optax's ``tree.dtype``): with ``mixed_dtype_handler=None``
+    all leaves must share it (``ValueError`` naming each other path); ``'promote'`` promotes them
+    together; ``'highest'`` / ``'lowest'`` picks the dtype every other one promotes to / from
+    (``ValueError`` if two cannot be ordered, e.g. bfloat16 and float16). An empty tree has the
+    default float dtype."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.asarray([]).dtype
+    dtypes = [jnp.asarray(x).dtype for x in leaves]
+    if mixed_dtype_handler is None:
+        wrong = [f"Expected dtype={dtypes[0]} for {path_str(p)} but got {jnp.asarray(x).dtype}."
+                 for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+                 if jnp.asarray(x).dtype != dtypes[0]]
+        if wrong:
+            raise ValueError("\n".join(wrong))
+        return dtypes[0]
+    if mixed_dtype_handler == "promote":
+        return functools.reduce(jnp.promote_types, dtypes)
+    if mixed_dtype_handler in ("highest", "lowest"):
+        return functools.reduce(functools.partial(_ordered_dtype, mixed_dtype_handler), dtypes)
+    raise ValueError(f"Invalid value for mixed_dtype_handler={mixed_dtype_handler!r}, possible "
+                     f"values are: None, 'promote', 'highest', 'lowest'.")
+
+
+def _ordered_dtype(which: str, a, b):
+    """The higher or lower of two dtypes when one promotes to the other."""
+    promoted = jnp.promote_types(a, b)
+    if promoted not in (a, b):
+        raise ValueError(f"Cannot compare dtype of dtype1={a} and dtype2={b}. Neither {a} nor {b} "
+                         f"can be promoted to the other.")
+    higher = promoted
+    lower = b if higher == a else a
+    return higher if which == "highest" else lower
 
 
 def all_finite(tree: PyTree) -> jax.Array:
@@ -251,6 +282,7 @@ def all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def where(condition, on_true: PyTree, on_false: PyTree) -> PyTree:
-    """Selects whole trees with a scalar condition."""
-    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
+def where(condition, tree_x: PyTree, tree_y: PyTree) -> PyTree:
+    """``tree_x`` where ``condition`` holds, else ``tree_y``, leaf by leaf (Optax's
+    ``tree.where``)."""
+    return jax.tree.map(lambda x, y: jnp.where(condition, x, y), tree_x, tree_y)

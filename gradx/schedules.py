@@ -24,6 +24,9 @@ The fourteen Optax 0.2.8 schedules keep Optax's names, arguments and values. Whe
   ``IndexError`` on the first call).
 * The piecewise-interpolated schedules give ``init_value`` for a negative count (Optax gives 0).
 
+As Optax's ``optax.schedules``, this module also exports ``inject_hyperparams`` and its state
+classes and ``StatefulSchedule`` (defined in ``gradx.hyperparams`` and ``gradx.base``).
+
 Added schedules that Optax lacks: ``warmup`` (a linear warmup in front of any schedule),
 ``warmup_stable_decay_schedule`` (alias ``wsd_schedule``), ``warmup_linear_decay_schedule``
 (linear warmup then linear decay, the BERT fine-tuning schedule) and ``inverse_sqrt_schedule``.
@@ -35,9 +38,14 @@ import jax
 import jax.numpy as jnp
 
 from gradx import checks
-from gradx.base import Schedule
+from gradx.base import Schedule, StatefulSchedule
+# Optax's optax.schedules also holds inject_hyperparams; gradx.hyperparams needs only layer 1.
+from gradx.hyperparams import (InjectHyperparamsState, InjectStatefulHyperparamsState,
+                               WrappedSchedule, inject_hyperparams, inject_stateful_hyperparams)
 
 __all__ = [
+    "StatefulSchedule", "WrappedSchedule", "InjectHyperparamsState", "InjectStatefulHyperparamsState",
+    "inject_hyperparams", "inject_stateful_hyperparams",
     "constant_schedule", "polynomial_schedule", "linear_schedule", "piecewise_constant_schedule",
     "exponential_decay", "cosine_decay_schedule", "piecewise_interpolate_schedule",
     "linear_onecycle_schedule", "cosine_onecycle_schedule", "warmup_constant_schedule",
