@@ -266,13 +266,15 @@ def muon(learning_rate, ns_coeffs=NS_COEFFS, ns_steps: jax.typing.ArrayLike = 5,
     weight_decay, momentum=beta)`` of ``muon-optimizer`` 0.1.0, in JAX's ``(in, out)`` layout.
 
     Examples:
-      >>> params = {"w": jnp.eye(2, 3), "b": jnp.zeros(3)}
+      >>> params = {"w": jnp.array([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]]), "b": jnp.zeros(3)}
+      >>> grads = {"w": jnp.array([[1.0, 2.0, 0.0], [0.5, -1.0, 1.0]]), "b": jnp.ones(3)}
       >>> tx = gradx.muon(learning_rate=0.02)
-      >>> state = tx.init(params)
-      >>> updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
-      >>> print(np.asarray(updates["w"], float).round(3))   # NS of a rank-1 matrix
-      [[-0.01 -0.01 -0.01]
-       [-0.01 -0.01 -0.01]]
+      >>> updates, state = tx.update(grads, tx.init(params), params)
+      >>> print(np.asarray(updates["w"], float).round(4))   # the matrix: Muon
+      [[-0.0117 -0.0146 -0.0044]
+       [-0.0132  0.0088 -0.0176]]
+      >>> print(np.asarray(updates["b"], float).round(4))   # the vector: NAdamW
+      [-0.0295 -0.0295 -0.0295]
     """
     if adam_learning_rate is None:
         adam_learning_rate = learning_rate
