@@ -203,7 +203,8 @@ def matrix_inverse_pth_root(matrix: jax.typing.ArrayLike, p: jax.typing.ArrayLik
 
     Same signature, defaults and numbers as ``optax.matrix_inverse_pth_root`` (ridge
     ``ridge_epsilon · max(λ_max, 1e-16)``, one try, float32 arithmetic without x64); ``p`` must
-    be a positive integer (a traced one is allowed). Built on ``coupled_newton_inverse_root``, the engine's root.
+    be a positive integer (a traced one is allowed). Built on ``coupled_newton_inverse_root``,
+    the engine's root.
 
     Examples:
       >>> root, error = gradx.matrix_inverse_pth_root(jnp.diag(jnp.array([16.0, 81.0])), 4,

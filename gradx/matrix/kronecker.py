@@ -174,4 +174,5 @@ def fallback_notes(factors: Any, params: Any, note: str) -> list[str]:
 
 
 __all__ = ["FactorPlan", "plan_leaf", "statistics_dtype", "gram", "mode_product", "precondition",
-           "grams", "init_factors", "eye_stack", "map_factors", "refresh", "keep_failed", "fallback_notes"]
+           "grams", "init_factors", "eye_stack", "map_factors", "refresh", "keep_failed",
+           "fallback_notes"]

@@ -165,9 +165,9 @@ def scale_by_shampoo(config: _Config) -> GradientTransformation:
         # Static exponents for the coupled Newton iteration (its matrix powers unroll); one
         # exponent per matrix for eigh, so every factor of a size shares one call.
         static = config.root == "coupled_newton"
-        exponents = [kr.init_factors(plan, lambda n, d, p=config.exponent_override or 2 * plan.num_factors:
-                                     p if static else jnp.full([n], p, compute_dtype()))
-                     for plan in plans]
+        exponents = [kr.init_factors(
+            plan, lambda n, d, p=config.exponent_override or 2 * plan.num_factors:
+            p if static else jnp.full([n], p, compute_dtype())) for plan in plans]
 
         def compute():
             scaled = stats if correction is None else jax.tree.map(
@@ -416,7 +416,8 @@ def shampoo(learning_rate=1e-2, betas=(0.9, 1.0), beta3=-1.0, epsilon=1e-12,
     _integer("max_preconditioner_dim", max_preconditioner_dim, 1)
     _integer("precondition_frequency", precondition_frequency, 1)
     _integer("start_preconditioning_step", start_preconditioning_step, -1)
-    start = precondition_frequency if start_preconditioning_step == -1 else start_preconditioning_step
+    start = (precondition_frequency if start_preconditioning_step == -1
+             else start_preconditioning_step)
     if start < precondition_frequency:
         raise ValueError(f"start_preconditioning_step must be >= precondition_frequency="
                          f"{precondition_frequency}, got start_preconditioning_step="
