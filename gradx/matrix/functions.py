@@ -53,8 +53,7 @@ def power_iteration(matrix: Union[jax.typing.ArrayLike, Callable[[Any], Any]], *
     steps, with ``λ = vᵀ A v``. Same signature, defaults (100 iterations, tolerance 1e-6, ``v0``
     uniform in [-1, 1] from ``key`` or ``PRNGKey(0)``), return order ``(eigenvalue,
     eigenvector)`` and numbers as ``optax.power_iteration``; ``matrix`` may be a callable on
-    pytrees (then ``v0`` is required). Differs from Optax: the eigenvalue starts in the
-    matrix's dtype, so a float32 matrix also works with x64 enabled.
+    pytrees (then ``v0`` is required).
 
     Examples:
       >>> value, vector = gradx.power_iteration(jnp.diag(jnp.array([1.0, 3.0, 2.0])))

@@ -8,6 +8,13 @@ the concatenation, and splits the results back in the items' order.
 So every factor of size ``d`` in the model, from any leaf or block, goes through one ``eigh`` (or
 ``qr``, Newton-Schulz, coupled-Newton root) call.
 
+The calls run one after another: each call's first input gets an exact zero computed from the
+previous call's result (``_after``). On CPU, JAX's batched LAPACK kernels (``eigh``, ``qr``)
+split their batch over XLA's intra-op thread pool and block until it is done, so two such calls
+running at once can take every thread of a small pool and deadlock (seen with two ``eigh``
+calls on a 2-thread pool); XLA's CPU backend drops optimisation barriers, so the order has to be
+a data dependency. Each call is itself batched, so the order costs little.
+
 Sharding: the concatenated arrays are where a mesh axis would be spread over the blocks. A
 ``jax.lax.with_sharding_constraint(stacked, NamedSharding(mesh, P(axis)))`` on each array of
 ``stacked`` (padded to a multiple of the axis size) in ``map_stacked``, just before ``fn``, makes
@@ -31,6 +38,13 @@ def _key(item: Sequence[Any]) -> Hashable:
                  for x in item)
 
 
+def _after(x: jax.Array, previous: Any) -> jax.Array:
+    """``x`` plus a zero computed from ``previous`` (exactly ``x``, NaNs in ``previous`` or not),
+    so that ``x``'s consumers run after ``previous`` is computed."""
+    first = jnp.ravel(jax.tree.leaves(previous)[0])[0]
+    return x + (first == first).astype(x.dtype) * 0
+
+
 def map_stacked(fn: Callable[..., Any], items: Sequence[Sequence[Any]]) -> list:
     """``fn(*stacked)`` once per key over the items concatenated along axis 0.
 
@@ -46,12 +60,16 @@ def map_stacked(fn: Callable[..., Any], items: Sequence[Sequence[Any]]) -> list:
     groups: dict = {}
     for index, item in enumerate(items):
         groups.setdefault(_key(item), []).append(index)
-    results: list = [None] * len(items)
+    done: list = []  # (indices, fn's output) per key, in order
     for indices in groups.values():
         members = [items[i] for i in indices]
         stacked = [(jnp.concatenate(column) if len(column) > 1 else column[0])
                    if _is_array(column[0]) else column[0] for column in zip(*members)]
-        out = fn(*stacked)
+        if done:
+            stacked[0] = _after(stacked[0], done[-1][1])
+        done.append((indices, fn(*stacked)))
+    results: list = [None] * len(items)
+    for indices, out in done:
         start = 0
         for i in indices:
             size = next(x for x in items[i] if _is_array(x)).shape[0]
