@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/bench.py --quick    # small sizes, for development
 
 Regimes
-  large   a transformer-shaped tree (~100M params, ~150 leaves; ``--large-width`` sets the size)
+  large   a transformer-shaped tree (~100M params, ~150 leaves; ``--large-width`` sets the size);
+          also Shampoo, SOAP and Muon (``--matrix-recipes``), refresh every 10 steps
   many    a deep narrow transformer tree (~1M params, ``--many-leaves`` leaves each)
   model   a Flax MLP train step (loss, grad, optimizer, apply) inside one jit
   compile trace+lower+compile time of one step against the leaf count (100 to 3000 leaves)
@@ -48,6 +49,12 @@ RECIPES = ("adamw", "clip_adamw_cosine", "sgd_nesterov", "lion", "adafactor")
 # params and grads read, params written, plus each full-size moment read and written; a global
 # norm needs one more read of the grads. Adafactor's factored moments are negligible in size.
 BOUND_BYTES = {"adamw": 28, "clip_adamw_cosine": 32, "sgd_nesterov": 20, "lion": 20, "adafactor": 12}
+# Matrix optimizers (large regime only), refresh amortised every REFRESH_EVERY steps: each timed
+# batch is REFRESH_EVERY steps, so it holds exactly one refresh. Their bound counts only the
+# elementwise traffic (params, grads, momenta), not the matmuls.
+MATRIX_RECIPES = ("shampoo", "soap", "muon")
+REFRESH_EVERY = 10
+BOUND_BYTES.update({"shampoo": 20, "soap": 28, "muon": 20})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,6 +104,12 @@ def jax_recipe(lib, name):
         return lib.lion(1e-4, weight_decay=1e-2)
     if name == "adafactor":
         return lib.adafactor(LR)
+    if name == "muon":
+        return (lib.contrib if lib is optax else lib).muon(LR)
+    if name == "shampoo":  # Meta's defaults (blocks of 1024, eigh roots), roots every 10 steps
+        return lib.shampoo(LR, precondition_frequency=REFRESH_EVERY)
+    if name == "soap":
+        return lib.soap(LR, precondition_frequency=REFRESH_EVERY)
     raise ValueError(name)
 
 
@@ -130,6 +143,14 @@ def flat_ok(lib, recipe):
     return lib != FLAT or recipe != "adafactor"
 
 
+def runs(lib, recipe):
+    """Whether ``lib`` has ``recipe``: optax has no Shampoo or SOAP, and the fused fast path
+    takes no matrix optimizer."""
+    if recipe in MATRIX_RECIPES:
+        return lib == "gradx" or (lib == "optax" and recipe == "muon")
+    return flat_ok(lib, recipe)
+
+
 def as_params(lib, params):
     return gradx_fused.flatten_params(params) if lib == FLAT else params
 
@@ -155,6 +176,9 @@ def torch_optimizer(name, params, impl):
         return torch.optim.SGD(params, lr=1e-2, momentum=0.9, nesterov=True, **kw)
     if name == "adafactor" and impl == "foreach":
         return torch.optim.Adafactor(params, lr=LR, foreach=True)
+    if name == "soap" and impl == "foreach":
+        from pytorch_optimizer import SOAP
+        return SOAP(params, lr=LR, precondition_frequency=REFRESH_EVERY)
     return None  # lion: not in torch; adafactor: no fused kernel
 
 
@@ -313,7 +337,7 @@ def step_regime(label, shapes, recipes, args, bw_gbps, libs, with_torch=True):
     for recipe in recipes:
         runners, memory = {}, {}
         for lib, make in libs.items():
-            if not flat_ok(lib, recipe):
+            if not runs(lib, recipe):
                 continue
             donations = (True, False) if args.no_donate else (True,)
             for donate in donations:
@@ -328,13 +352,15 @@ def step_regime(label, shapes, recipes, args, bw_gbps, libs, with_torch=True):
                 run = torch_stepper(recipe, params_np, grads_np, impl)
                 if run is not None:
                     runners[f"torch-{impl}"] = run
-        inner = max(1, int(args.min_batch_s / max(1e-5, _probe(runners["optax"]))))
+        reference = "optax" if "optax" in runners else "gradx"
+        inner = (REFRESH_EVERY if recipe in MATRIX_RECIPES else
+                 max(1, int(args.min_batch_s / max(1e-5, _probe(runners[reference])))))
         runners[TRIAD], triad_floats = triad_runner(args)
         timings = time_interleaved(runners, args.repeats, inner)
         triad = timings.pop(TRIAD)
         row_gbps = 12 * triad_floats / triad["median_s"] / 1e9
         bound_s = BOUND_BYTES[recipe] * n / (row_gbps * 1e9)
-        ref = timings["optax"]["median_s"]
+        ref = timings[reference]["median_s"]  # gradx itself where optax lacks the recipe
         for key, t in timings.items():
             t.update(ratio_to_optax=t["median_s"] / ref, bandwidth_fraction=bound_s / t["median_s"])
         rows.append({"regime": label, "recipe": recipe, "n_params": n, "n_leaves": len(shapes),
@@ -368,7 +394,7 @@ def compile_regime(leaf_counts, recipes, libs, args):
             grads = params
             row = {"recipe": recipe, "n_leaves": len(shapes), "n_params": n_params(shapes), "compile_s": {}}
             for lib, make in libs.items():
-                if not flat_ok(lib, recipe):
+                if not runs(lib, recipe):
                     continue
                 tx = make(recipe)
                 apply = optax.apply_updates if lib == "optax" else gradx.apply_updates
@@ -412,7 +438,7 @@ def model_regime(args, bw_gbps, libs, recipes):
     for recipe in recipes:
         runners = {}
         for lib, make in libs.items():
-            if not flat_ok(lib, recipe):
+            if not runs(lib, recipe):
                 continue
             tx = make(recipe)
             apply = optax.apply_updates if lib == "optax" else gradx.apply_updates
@@ -478,6 +504,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (development)")
     p.add_argument("--regimes", default="large,many,model,compile")
     p.add_argument("--recipes", default=",".join(RECIPES))
+    p.add_argument("--matrix-recipes", default=",".join(MATRIX_RECIPES),
+                   help="matrix optimizers, timed in the large regime only (empty: none)")
     p.add_argument("--large-width", type=int, default=768, help="768: ~110M params in 147 leaves")
     p.add_argument("--large-layers", type=int, default=12)
     p.add_argument("--many-leaves", default="750,1500,3000")
@@ -534,6 +562,8 @@ def main(argv=None):
     if "large" in regimes:
         shapes = transformer_shapes(args.large_layers, args.large_width, vocab=32_000)
         rows += step_regime("large", shapes, recipes, args, bw_gbps, libs, not args.no_torch)
+        matrix = [r for r in args.matrix_recipes.split(",") if r]
+        rows += step_regime("large", shapes, matrix, args, bw_gbps, libs, not args.no_torch)
     if "many" in regimes:
         for n_leaves in map(int, args.many_leaves.split(",")):
             rows += step_regime(f"many-{n_leaves}", many_leaf_shapes(n_leaves, args.many_width),

@@ -28,6 +28,7 @@ from gradx.lbfgs import *  # noqa: F401,F403
 from gradx.linesearch import *  # noqa: F401,F403
 from gradx.schedules import *  # noqa: F401,F403
 from gradx.optimizers import *  # noqa: F401,F403
+from gradx.matrix import *  # noqa: F401,F403
 from gradx.hyperparams import *  # noqa: F401,F403
 from gradx.partition import *  # noqa: F401,F403
 from gradx.multi_steps import *  # noqa: F401,F403

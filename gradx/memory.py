@@ -10,7 +10,12 @@ A state leaf belongs to the parameter whose path is the longest suffix of the le
 (Adam's ``0/mu/dense/kernel`` belongs to ``dense/kernel``; Adafactor's row and column
 statistics too, though their shapes differ). Leaves that end in no parameter's path (step
 counts, scalars, PRNG keys) are counted as *shared*. The trailing ``.value`` of Flax NNX
-variables is ignored, so ``nnx.State`` params work as plain dicts do.
+variables is ignored, so ``nnx.State`` params work as plain dicts do. A state class that keeps
+per-parameter structures of other shapes (``gradx.matrix``'s factor stacks) names those fields in
+``PER_PARAM_FIELDS``: each parameter owns its own entry of such a field, and the buffer is the
+field. Such a class may also say how it treats each parameter (``memory_notes(params)``, one
+string per leaf), shown in the report's ``note`` column (e.g. a leaf Shampoo cannot
+precondition falls back to its graft).
 
 Textbook figures, as multiples of the params' bytes (``report.buffers_per_param``): SGD 0,
 SGD with momentum 1, Adam/AdamW/LAMB 2, Lion 1, Adafactor ``(rows + cols) / (rows * cols)``
@@ -71,6 +76,7 @@ class ParamMemory(NamedTuple):
     param_bytes: int
     state_bytes: int
     group: Any = None
+    note: str = ""
 
 
 class MemoryReport(NamedTuple):
@@ -119,11 +125,13 @@ class MemoryReport(NamedTuple):
     def table(self) -> str:
         """The report as text: a row per parameter, per buffer, per entry, per group, totals."""
         with_groups = self.groups is not None
+        with_notes = any(p.note for p in self.params)
         header = ("param", "shape", "dtype", "param bytes", "state bytes", "state/param")
-        header += ("group",) if with_groups else ()
+        header += (("group",) if with_groups else ()) + (("note",) if with_notes else ())
         rows = [(p.path, str(p.shape), p.dtype, _fmt(p.param_bytes), _fmt(p.state_bytes),
                  f"{p.state_bytes / p.param_bytes:.3g}x" if p.param_bytes else "-")
-                + ((str(p.group),) if with_groups else ()) for p in self.params]
+                + ((str(p.group),) if with_groups else ()) + ((p.note,) if with_notes else ())
+                for p in self.params]
         sections = [_format_table(header, rows),
                     _format_table(("state buffer", "bytes"),
                                   [(k, _fmt(v)) for k, v in self.buffers.items()]),
@@ -160,6 +168,7 @@ def memory_report(tx: GradientTransformation, params: Any, *,
         group_of = _broadcast_labels(resolve_mask(labels, params), params)
 
     state_bytes = [0] * len(param_leaves)
+    per_param, notes = _per_param_fields(state, params, len(param_leaves))
     top = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: x is not state)[0]
     entry_names = {_keys(p)[:1]: f"{leaf_path(p)} ({type(x).__name__})" for p, x in top}
     entries = {name: 0 for name in entry_names.values()}
@@ -167,8 +176,11 @@ def memory_report(tx: GradientTransformation, params: Any, *,
     groups = None if labels is None else {label: 0 for label in group_of}
     for key_path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         keys, size = _keys(key_path), leaf_nbytes(leaf)
-        index = _owner(owner, keys, leaf)
-        if index is None:
+        index, field = per_param.get(id(leaf), (_owner(owner, keys, leaf), None))
+        if field is not None:
+            buffer = field
+            state_bytes[index] += size
+        elif index is None:
             buffer = "/".join(keys) or "<root>"
             shared += size
         else:
@@ -185,7 +197,7 @@ def memory_report(tx: GradientTransformation, params: Any, *,
     rows = tuple(ParamMemory(path=leaf_path(p), shape=tuple(np.shape(x)),
                              dtype=str(leaf_dtype(x)),
                              param_bytes=leaf_nbytes(x), state_bytes=state_bytes[i],
-                             group=group_of[i])
+                             group=group_of[i], note=notes[i])
                  for i, (p, x) in enumerate(param_leaves))
     return MemoryReport(params=rows, buffers=buffers, entries=entries, groups=groups,
                         shared_bytes=shared)
@@ -199,6 +211,26 @@ def _broadcast_labels(labels: Any, params: Any) -> list:
         raise ValueError(f"labels must have the params' structure or a prefix of it: "
                          f"{error}") from error
     return jax.tree.leaves(full)
+
+
+def _per_param_fields(state: Any, params: Any, num_params: int) -> tuple[dict, list]:
+    """For the state nodes declaring ``PER_PARAM_FIELDS``: ``{id(state leaf): (param index,
+    buffer name)}`` for the leaves of those fields, and the nodes' ``memory_notes``."""
+    owners, notes = {}, [""] * num_params
+    treedef = jax.tree.structure(params)
+    declares = lambda x: hasattr(type(x), "PER_PARAM_FIELDS")  # noqa: E731
+    for key_path, node in jax.tree_util.tree_flatten_with_path(state, is_leaf=declares)[0]:
+        if not declares(node):
+            continue
+        prefix = "/".join(_keys(key_path))
+        for name in node.PER_PARAM_FIELDS:
+            subtrees = treedef.flatten_up_to(getattr(node, name))
+            for index, subtree in enumerate(subtrees):
+                for leaf in jax.tree.leaves(subtree):
+                    owners[id(leaf)] = (index, f"{prefix}/{name}" if prefix else name)
+        for index, note in enumerate(node.memory_notes(params)):
+            notes[index] = note or notes[index]
+    return owners, notes
 
 
 def _owner(owner: Mapping[tuple, int], keys: tuple, leaf: Any) -> Optional[int]:

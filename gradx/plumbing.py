@@ -36,9 +36,11 @@ def leaf_paths(tree: PyTree, is_leaf=None) -> list[str]:
 def _first_difference(reference: PyTree, other: PyTree, reference_name: str, name: str) -> str:
     ref = {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(reference)[0]}
     oth = {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(other)[0]}
-    for path in sorted(ref - oth):
+    # A leaf of ``reference`` may stand for a subtree of ``other`` (per-leaf structures).
+    within = lambda path, roots: any(path == r or path.startswith(r + "/") for r in roots)  # noqa: E731
+    for path in sorted(p for p in ref if not any(within(o, [p]) for o in oth)):
         return f"'{path}' is in {reference_name} but not in {name}"
-    for path in sorted(oth - ref):
+    for path in sorted(p for p in oth if not within(p, ref)):
         return f"'{path}' is in {name} but not in {reference_name}"
     return (f"the container types differ ({jax.tree.structure(reference)} vs "
             f"{jax.tree.structure(other)})")

@@ -19,7 +19,8 @@ def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     tiny = ["--recipes", "adamw,lion", "--large-width", "64", "--large-layers", "1",
             "--many-leaves", "40", "--compile-leaves", "20,40", "--model-width", "32",
-            "--model-depth", "2", "--model-batch", "4", "--repeats", "1", "--min-batch-s", "0.001"]
+            "--model-depth", "2", "--model-batch", "4", "--repeats", "1", "--min-batch-s", "0.001",
+            "--matrix-recipes", ""]
     subprocess.run([sys.executable, str(BENCHMARKS / "bench.py"), *tiny, "--out", str(out)],
                    check=True, capture_output=True, timeout=600)
     subprocess.run([sys.executable, str(BENCHMARKS / "report.py"), str(out / "results.json")],
