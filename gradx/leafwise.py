@@ -72,7 +72,7 @@ class Moment(NamedTuple):
     def init_leaf(self, p):
         if callable(self.init):
             return plumbing.cast(self.init(p), self.dtype)
-        return jnp.full(jnp.shape(p), self.init, self.dtype or jnp.result_type(p))
+        return plumbing.filled_like(p, self.init, self.dtype)
 
 
 class PerLeaf(NamedTuple):

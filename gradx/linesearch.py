@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from gradx import checks
 from gradx.base import (NO_PARAMS_MSG, GradientTransformationExtraArgs, Params, Updates,
                         safe_increment)
-from gradx.plumbing import where
+from gradx.plumbing import where, zeros_like
 
 
 # ------------------------------------------------------------------------------------------------
@@ -31,9 +31,17 @@ from gradx.plumbing import where
 def real_vdot(x: Any, y: Any) -> jax.Array:
     """``Re Σ conj(x)·y`` over all the leaves of two trees of the same structure, summed leaf by
     leaf in flattening order with the highest matmul precision (as ``optax.tree.vdot``)."""
-    products = [jnp.tensordot(jnp.conj(a), b, jnp.ndim(a), precision=jax.lax.Precision.HIGHEST)
+    products = [jnp.tensordot(jnp.conj(a), b, jnp.ndim(a), precision=jax.lax.Precision.HIGHEST,
+                              out_sharding=_replicated_under_explicit_axes(a))
                 for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))]
     return jnp.real(sum(products, 0))
+
+
+def _replicated_under_explicit_axes(x):
+    """A replicated sharding for a full reduction of ``x`` when ``x``'s type carries mesh axes
+    (a mesh with explicit axes, where JAX asks for it), else None (the compiler places it)."""
+    mesh = jax.typeof(x).sharding.mesh
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if mesh.explicit_axes else None
 
 
 def add_scaled(x: Any, scalar: jax.typing.ArrayLike, y: Any) -> Any:
@@ -155,7 +163,7 @@ def scale_by_backtracking_linesearch(
         return ScaleByBacktrackingLinesearchState(
             learning_rate=jnp.array(1.0, dtype),
             value=jnp.array(jnp.inf, dtype),
-            grad=jax.tree.map(jnp.zeros_like, params) if store_grad else None,
+            grad=zeros_like(params) if store_grad else None,
             info=BacktrackingLinesearchInfo(num_linesearch_steps=jnp.asarray(0),
                                             decrease_error=jnp.array(jnp.inf, dtype)))
 
@@ -552,7 +560,7 @@ def scale_by_zoom_linesearch(
         return ScaleByZoomLinesearchState(
             learning_rate=jnp.asarray(1.0, dtype),
             value=jnp.asarray(jnp.inf, dtype),
-            grad=jax.tree.map(jnp.zeros_like, params),
+            grad=zeros_like(params),
             info=ZoomLinesearchInfo(num_linesearch_steps=jnp.asarray(0),
                                     decrease_error=jnp.asarray(jnp.inf),
                                     curvature_error=jnp.asarray(jnp.inf)))
