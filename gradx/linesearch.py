@@ -32,16 +32,19 @@ def real_vdot(x: Any, y: Any) -> jax.Array:
     """``Re Σ conj(x)·y`` over all the leaves of two trees of the same structure, summed leaf by
     leaf in flattening order with the highest matmul precision (as ``optax.tree.vdot``)."""
     products = [jnp.tensordot(jnp.conj(a), b, jnp.ndim(a), precision=jax.lax.Precision.HIGHEST,
-                              out_sharding=_replicated_under_explicit_axes(a))
+                              **_replicated_under_explicit_axes(a))
                 for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))]
     return jnp.real(sum(products, 0))
 
 
-def _replicated_under_explicit_axes(x):
-    """A replicated sharding for a full reduction of ``x`` when ``x``'s type carries mesh axes
-    (a mesh with explicit axes, where JAX asks for it), else None (the compiler places it)."""
-    mesh = jax.typeof(x).sharding.mesh
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if mesh.explicit_axes else None
+def _replicated_under_explicit_axes(x) -> dict:
+    """``out_sharding``, replicated, for a full reduction of ``x`` when ``x``'s type carries mesh
+    axes (a mesh with explicit axes, where JAX asks for it); else nothing (the compiler
+    places the result)."""
+    mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
+    if not getattr(mesh, "explicit_axes", ()):
+        return {}
+    return {"out_sharding": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())}
 
 
 def add_scaled(x: Any, scalar: jax.typing.ArrayLike, y: Any) -> Any:

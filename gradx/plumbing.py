@@ -124,7 +124,13 @@ def zeros_shaped(shapes: PyTree) -> PyTree:
     """Zeros for a tree of ``jax.ShapeDtypeStruct`` (from ``jax.eval_shape``), with their
     shardings when they carry one (under a mesh with explicit axes), so that both branches of a
     ``lax.cond`` have the same types."""
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype, out_sharding=s.sharding), shapes)
+    def zeros(s):
+        sharding = getattr(s, "sharding", None)
+        if sharding is None:
+            return jnp.zeros(s.shape, s.dtype)
+        return jnp.zeros(s.shape, s.dtype, out_sharding=sharding)
+
+    return jax.tree.map(zeros, shapes)
 
 
 def cast(tree: PyTree, dtype) -> PyTree:
