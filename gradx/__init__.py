@@ -41,4 +41,4 @@ from gradx.memory import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
-from gradx import checkpoint, contrib, fused, recipes, torch_compat  # noqa: E402  (built on the above)
+from gradx import checkpoint, contrib, fused, recipes, sharding, torch_compat  # noqa: E402  (built on the above)
