@@ -7,6 +7,7 @@ are printed with their check's name and the exit status is 1 if any failed.
 
 import os
 import sys
+import tempfile
 import time
 import traceback
 
@@ -19,7 +20,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import gradx  # noqa: E402
-from gradx import sharding  # noqa: E402
+from gradx import checkpoint, sharding  # noqa: E402
 from gradx.plumbing import path_str  # noqa: E402
 from support import assert_trees_close  # noqa: E402
 
@@ -95,7 +96,8 @@ def misplaced(state, params, eager_without_mesh=False):
 
 def check_state_follows_params():
     """Eager init, jitted init and a jitted step (all optimizers in one program) put each
-    state leaf with its parameter (the numbers of sharded steps: check_zero1)."""
+    state leaf with its parameter (the numbers of sharded steps: check_zero1,
+    check_checkpoint_reshards)."""
     txs = optimizers()
     params, grads = make(AUTO), make(AUTO, seed=1)
     params = {name: params for name in txs}
@@ -263,6 +265,46 @@ def check_spread_blocks():
         assert "'blocks'" in str(error), error
     else:
         raise AssertionError("no ValueError for a missing mesh axis")
+
+
+def check_checkpoint_reshards():
+    """A sharded checkpoint restores onto the same mesh, onto another mesh and onto one device,
+    bit for bit; a mismatched optimizer still names the first mismatching path."""
+    params = make(AUTO)
+    tx = gradx.chain(gradx.clip_by_global_norm(1.0), gradx.adafactor(1e-2, min_dim_size_to_factor=2))
+    grads = make(AUTO, seed=1)
+    state = jax.jit(tx.update)(grads, tx.init(params), params)[1]
+    one_device = jax.device_put((grads, tx.init(params), params), jax.devices()[0])
+    assert_trees_close(state, jax.jit(tx.update)(*one_device)[1], rtol=1e-6, atol=0,
+                       what="sharded vs one-device adafactor step")
+    with tempfile.TemporaryDirectory() as path:
+        checkpoint.save(path, params, state, step=3)
+        restored = checkpoint.restore(path, params, sharding.abstract_state(tx, params))
+        assert restored.step == 3
+        for got, want in zip(jax.tree.leaves(restored[:2]), jax.tree.leaves((params, state))):
+            assert got.sharding.is_equivalent_to(want.sharding, got.ndim)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        other = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+        moved = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=NamedSharding(other, x.sharding.spec)), params)
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[5])
+        for target, state_like in ((moved, sharding.abstract_state(tx, moved)),
+                                   (jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+                                       x.shape, x.dtype, sharding=one), params), None)):
+            if state_like is None:
+                state_like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                         sharding=one), state)
+            got = checkpoint.restore(path, target, state_like)
+            for g, t, want in zip(jax.tree.leaves(got[:2]), jax.tree.leaves((target, state_like)),
+                                  jax.tree.leaves((params, state))):
+                assert g.sharding.is_equivalent_to(t.sharding, g.ndim), (g.sharding, t.sharding)
+                np.testing.assert_array_equal(np.asarray(g), np.asarray(want))
+        try:
+            checkpoint.restore(path, params, sharding.abstract_state(gradx.adamw(1e-2), params))
+        except ValueError as error:
+            assert "opt_state_like" in str(error) and "'0/" in str(error), error
+        else:
+            raise AssertionError("no ValueError for a mismatched optimizer")
 
 
 def main(only=()):
