@@ -34,6 +34,18 @@ def test_on_eight_devices():
     assert sum(line.startswith("ok check_") for line in result.stdout.splitlines()) == 6
 
 
+def test_two_processes_match_one_process():
+    """Two processes of 4 devices (jax.distributed on 127.0.0.1) train as one process of 8,
+    and their sharded checkpoint restores bit for bit there and, resharded, in one process."""
+    result = _run([str(ROOT / "examples" / "distributed.py"), "--smoke", "--processes", "2",
+                   "--timeout", "240"], timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any("checkpoint restored bit for bit" in line for line in lines), result.stdout
+    difference = next(line for line in lines if "2 processes vs 1 process" in line)
+    assert float(difference.split("largest difference ")[1].split()[0]) <= 1e-5
+
+
 @pytest.mark.parametrize("value, dtype, like", [
     (0.1, jnp.float32, jnp.ones((3, 2), jnp.bfloat16)),      # a float32 moment of bf16 params
     (0.1, None, jnp.ones((3, 2), jnp.bfloat16)),
