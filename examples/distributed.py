@@ -19,9 +19,10 @@ with ``jax.distributed.initialize``. Every process runs the same program:
 Meanwhile the launcher runs the same training in its own process with as many devices, waits
 for the workers (bounded), restores their checkpoint onto its own mesh (another process count:
 Orbax reshards), and checks that the params agree: the two runs reduce the gradients across
-devices in a different order (gloo between processes), so they agree to float rounding, within
-1e-5 of each leaf's largest value (measured: a few 1e-7). It prints the per-device state memory with and without
-ZeRO-1 (``gradx.memory_report``) and writes examples/out/distributed.png (the loss curves).
+devices in a different order (gloo between processes), so they agree to float rounding: within
+1e-3 of lr x steps, about the farthest AdamW can move a parameter (see TOLERANCE). It prints
+the per-device state memory with and without ZeRO-1 (``gradx.memory_report``) and writes
+examples/out/distributed.png (the loss curves).
 """
 
 import argparse
@@ -33,7 +34,11 @@ import tempfile
 import time
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
-TOLERANCE = 1e-5   # the params' largest difference between the runs, over the leaf's largest value
+LEARNING_RATE = 1e-3
+# The params of the two runs differ by at most this fraction of lr x steps, about the farthest AdamW
+# can move a parameter: the gradients' rounding is amplified where Adam divides a near-zero
+# gradient by its near-zero RMS (measured: 1.5e-8 to 3e-8 after 3 steps, 4.2e-6 after 20).
+TOLERANCE = 1e-3
 
 
 def parse_args():
@@ -98,7 +103,7 @@ def train(args):
         y = h @ params[-1]["kernel"] + params[-1]["bias"]
         return jnp.mean((y - jnp.sin(x @ teacher)) ** 2)
 
-    tx = gradx.adamw(1e-3, weight_decay=1e-4)
+    tx = gradx.adamw(LEARNING_RATE, weight_decay=1e-4)
     state_sh = gradx.sharding.zero1_shardings(tx, params, mesh, axis="data")
     param_sh = jax.tree.map(lambda p: p.sharding, params)
     state = jax.jit(tx.init, out_shardings=state_sh)(params)
@@ -174,12 +179,13 @@ def launcher(args):
 
     theirs = checkpoint.restore(os.path.join(workdir, "checkpoint"), params,
                                 sharding.abstract_state(tx, params, state_sh))
-    worst = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
+    worst = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                 for a, b in zip(jax.tree.leaves(theirs.params), jax.tree.leaves(params)))
+    bound = TOLERANCE * LEARNING_RATE * args.steps
     print(f"1 process, {jax.device_count()} devices: final loss {losses[-1]:.6f}")
     print(f"params after {args.steps} steps, {args.processes} processes vs 1 process: "
-          f"largest difference {worst:.2g} of a leaf's largest value (tolerance {TOLERANCE:g})")
-    if worst > TOLERANCE:
+          f"largest difference {worst:.2g} (tolerance {bound:.2g}: {TOLERANCE:g} x lr x steps)")
+    if worst > bound:
         raise SystemExit("the multi-process params differ from the one-process params")
 
     replicated = gradx.memory_report(tx, params, shardings=jax.sharding.NamedSharding(

@@ -6,7 +6,9 @@ parameter's sharding wherever ``tx.init`` runs: eagerly, under ``jax.jit`` and u
 explicit axes (``jax.set_mesh``). Adafactor's row and column statistics are sharded along the
 axes they keep; counts, hyperparameters and other scalars are replicated (outside a mesh
 context JAX leaves an eager scalar uncommitted on the default device, and the first jitted
-step replicates it).
+step replicates it). Differs from Optax, whose ``zeros_like`` state keeps a concrete array's
+sharding but lands on one device under ``jax.jit(tx.init)`` (``init`` reads only the params'
+shapes, so ``jit`` drops them).
 
 The helpers here answer from shapes, without allocating (the params may be
 ``jax.ShapeDtypeStruct`` leaves with shardings, for a model larger than the machine):

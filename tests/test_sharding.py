@@ -43,7 +43,8 @@ def test_two_processes_match_one_process():
     lines = result.stdout.splitlines()
     assert any("checkpoint restored bit for bit" in line for line in lines), result.stdout
     difference = next(line for line in lines if "2 processes vs 1 process" in line)
-    assert float(difference.split("largest difference ")[1].split()[0]) <= 1e-5
+    # 3 AdamW steps of lr 1e-3: at most 1e-3 of the 3e-3 that they can move a parameter.
+    assert float(difference.split("largest difference ")[1].split()[0]) <= 1e-3 * 1e-3 * 3
 
 
 @pytest.mark.parametrize("value, dtype, like", [
