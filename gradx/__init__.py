@@ -42,7 +42,7 @@ from gradx.memory import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
-from gradx import checkpoint, contrib, fused, recipes, torch_compat  # noqa: E402  (built on the above)
+from gradx import checkpoint, contrib, fused, recipes, sharding, torch_compat  # noqa: E402  (built on the above)
 from gradx import (assignment, experimental, losses, microbatching, perturbations,  # noqa: E402
                    projections, second_order, transforms, tree, tree_utils)  # Optax's modules
 from gradx.microbatching import microbatch  # noqa: E402

@@ -12,6 +12,8 @@ from typing import Any, Callable, NamedTuple, Optional, Protocol, Union, runtime
 import jax
 import jax.numpy as jnp
 
+from gradx import plumbing
+
 PyTree = Any
 Params = Any
 Updates = Any
@@ -95,7 +97,7 @@ def set_to_zero() -> GradientTransformation:
 
     def update(updates, state, params=None):
         del params
-        return jax.tree.map(jnp.zeros_like, updates), state
+        return plumbing.zeros_like(updates), state
 
     return GradientTransformation(init_empty_state, update)
 

@@ -22,8 +22,19 @@ complete), then replaces ``checkpoint.json`` with ``os.replace``, an atomic rena
 then deletes the older data directories. A save interrupted at any point (crash, preemption,
 ``KeyboardInterrupt``) therefore leaves the previous checkpoint readable and intact; the
 leftovers of the interrupted save are removed by the next save. Saving again to the same path
-replaces the checkpoint; use one path per step to keep several. Written for a single host
-(the metadata is written by process 0 only; multi-host saving is untested).
+replaces the checkpoint; use one path per step to keep several.
+
+Sharded arrays and many processes. Orbax writes sharded arrays shard by shard: with several
+processes (``jax.distributed``), every process calls ``save`` and writes the shards it holds,
+into a data directory whose name process 0 draws and sends to the others; process 0 writes the
+metadata and commits, and ``save`` returns on every process once the commit is done. A leaf that
+lives on one process only (an eager scalar, a NumPy array) is saved once, as the replicated value
+it is on every process. ``restore`` reads each leaf into the sharding of its like-leaf, so the
+same checkpoint restores onto the mesh it was saved from, onto another mesh or process count
+(resharding) or onto one device; give ``gradx.sharding.abstract_state(tx, params)`` as
+``opt_state_like`` to restore the state sharded like the params without building it first. A
+like-leaf without a sharding restores onto the default device (one process) or replicated
+over all devices (several).
 
 Usage with a Linen ``TrainState``::
 
@@ -55,6 +66,7 @@ from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from gradx.memory import leaf_dtype
 from gradx.plumbing import path_str
@@ -228,9 +240,35 @@ _UPGRADES = {1: _wrapped_schedule_count}
 
 
 def _as_saveable(tree: Any) -> list:
-    """The leaves as arrays Orbax can write (Python and NumPy scalars become JAX arrays)."""
-    return [leaf if isinstance(leaf, (jax.Array, np.ndarray)) else jax.numpy.asarray(leaf)
+    """The leaves as arrays Orbax can write (Python and NumPy scalars become JAX arrays); with
+    several processes, a leaf held by one process only becomes a replicated global array."""
+    return [_global(leaf if isinstance(leaf, (jax.Array, np.ndarray)) else jax.numpy.asarray(leaf))
             for leaf in jax.tree.leaves(tree)]
+
+
+def _replicated_everywhere() -> NamedSharding:
+    return NamedSharding(jax.sharding.Mesh(np.array(jax.devices()), ("devices",)),
+                         PartitionSpec())
+
+
+def _global(leaf: Any) -> Any:
+    """``leaf`` itself, or, when it lives on this process only and there are several, the same
+    value (every process holds it) as an array replicated over all devices."""
+    if jax.process_count() == 1 or (isinstance(leaf, jax.Array) and not leaf.is_fully_addressable):
+        return leaf
+    is_key = jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    data = np.asarray(jax.random.key_data(leaf) if is_key else leaf)
+    array = jax.make_array_from_process_local_data(_replicated_everywhere(), data)
+    return jax.random.wrap_key_data(array, impl=jax.random.key_impl(leaf)) if is_key else array
+
+
+def _data_name() -> str:
+    """A fresh data directory name, the same on every process (process 0 draws it)."""
+    token = np.frombuffer(uuid.uuid4().bytes, np.uint8)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        token = multihost_utils.broadcast_one_to_all(token)
+    return f"{_DATA_PREFIX}{np.asarray(token, np.uint8).tobytes().hex()}"
 
 
 def save(path: Union[str, os.PathLike], params: Any, opt_state: Any, *,
@@ -244,7 +282,7 @@ def save(path: Union[str, os.PathLike], params: Any, opt_state: Any, *,
     ocp = _orbax()
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    data = f"{_DATA_PREFIX}{uuid.uuid4().hex}"
+    data = _data_name()
     arrays = {"params": _as_saveable(params), "opt_state": _as_saveable(opt_state)}
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
         checkpointer.save(directory / data, args=ocp.args.StandardSave(arrays))
@@ -256,6 +294,9 @@ def save(path: Union[str, os.PathLike], params: Any, opt_state: Any, *,
                     "opt_state": leaf_records(opt_state), "files": _file_digests(directory / data)}
         _write_atomically(directory / METADATA_FILE, json.dumps(metadata, indent=1))
         _remove_stale(directory, keep=data)
+    if jax.process_count() > 1:  # every process returns once the checkpoint is committed
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"gradx.checkpoint.save {directory} {data}")
     return directory
 
 
@@ -265,10 +306,12 @@ def _gradx_version() -> str:
 
 
 def _abstract(leaf: Any) -> jax.ShapeDtypeStruct:
-    """The Orbax restore target of one like-leaf, with its sharding when it has one."""
+    """The Orbax restore target of one like-leaf, with its sharding when it has one (else the
+    default device, or replicated over all devices when there are several processes)."""
     sharding = getattr(leaf, "sharding", None)
     if sharding is None:
-        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        sharding = (jax.sharding.SingleDeviceSharding(jax.devices()[0])
+                    if jax.process_count() == 1 else _replicated_everywhere())
     return jax.ShapeDtypeStruct(np.shape(leaf), leaf_dtype(leaf), sharding=sharding)
 
 

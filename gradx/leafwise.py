@@ -76,7 +76,7 @@ class Moment(NamedTuple):
         dtype = self.dtype or jnp.result_type(p)
         if not jnp.issubdtype(dtype, jnp.inexact):  # integer params: a float state from init
             dtype = jnp.result_type(float)
-        return jnp.full(jnp.shape(p), self.init, dtype)
+        return plumbing.filled_like(p, self.init, dtype)
 
 
 class PerLeaf(NamedTuple):

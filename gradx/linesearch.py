@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from gradx import checks
 from gradx.base import (NO_PARAMS_MSG, GradientTransformationExtraArgs, Params, Updates,
                         safe_increment)
-from gradx.plumbing import where
+from gradx.plumbing import where, zeros_like
 from gradx.tree_math import tree_vdot
 
 
@@ -168,7 +168,7 @@ def scale_by_backtracking_linesearch(
         return ScaleByBacktrackingLinesearchState(
             learning_rate=jnp.array(1.0, dtype),
             value=jnp.array(jnp.inf, dtype),
-            grad=jax.tree.map(jnp.zeros_like, params) if store_grad else None,
+            grad=zeros_like(params) if store_grad else None,
             info=BacktrackingLinesearchInfo(num_linesearch_steps=jnp.asarray(0),
                                             decrease_error=jnp.array(jnp.inf, dtype)))
 
@@ -597,7 +597,7 @@ def scale_by_zoom_linesearch(
         return ScaleByZoomLinesearchState(
             learning_rate=jnp.asarray(1.0, dtype),
             value=jnp.asarray(jnp.inf, dtype),
-            grad=jax.tree.map(jnp.zeros_like, params),
+            grad=zeros_like(params),
             info=ZoomLinesearchInfo(num_linesearch_steps=jnp.asarray(0),
                                     decrease_error=jnp.asarray(jnp.inf),
                                     curvature_error=jnp.asarray(jnp.inf)))

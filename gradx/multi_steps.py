@@ -79,7 +79,7 @@ def _zero_accumulator(params, accumulator_dtype):
     """Zeros shaped like ``params``, in ``accumulator_dtype`` or, for ``None``, in float32 or the
     leaf's own dtype when wider (float64 under x64, complex kept complex)."""
     dtype = plumbing.canonicalize_dtype(accumulator_dtype)
-    return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), dtype or jnp.promote_types(
+    return jax.tree.map(lambda p: plumbing.filled_like(p, 0, dtype or jnp.promote_types(
         jnp.result_type(p), jnp.float32)), params)
 
 
@@ -215,8 +215,7 @@ class MultiSteps:
 
         def skip(operands):
             _, state = operands
-            return (jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape),
-                    state._replace(skip_state=skip_state))
+            return plumbing.zeros_shaped(out_shape), state._replace(skip_state=skip_state)
 
         return jax.lax.cond(should_skip, skip, accumulate, (updates, state))
 

@@ -97,15 +97,51 @@ def canonicalize_dtype(dtype) -> Optional[np.dtype]:
     return None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
 
 
+def filled_like(x, value, dtype=None, drop_axes: Sequence[int] = ()) -> jax.Array:
+    """An array of ``x``'s shape (without ``drop_axes``) filled with ``value``, in ``dtype``
+    (``x``'s by default), placed as ``x`` is: with ``x``'s sharding, also under ``jit``.
+
+    ``jnp.full_like`` keeps the sharding of a concrete array only: under ``jit`` the fill reads
+    nothing, so the compiler puts it on one device (or replicates it). Here the fill is a select
+    between two equal values on a predicate computed from ``x`` (``x != x``, reduced over
+    ``drop_axes``), which the compiler places with ``x`` before folding it away (the compiled
+    program holds a plain broadcast). The statistics of a reduced axis are thus sharded along
+    the axes they keep. A ``jax.ShapeDtypeStruct`` (no values to read) gives ``jnp.full_like``'s
+    result.
+    """
+    if isinstance(x, jax.ShapeDtypeStruct):
+        kept = [n for i, n in enumerate(x.shape) if i not in drop_axes]
+        return jnp.full_like(x, value, dtype, shape=kept)
+    reads_x = x != x
+    if drop_axes:
+        reads_x = jnp.any(reads_x, axis=tuple(drop_axes))
+    fill = jnp.asarray(value, dtype or jnp.result_type(x))
+    return jnp.where(reads_x, fill, fill)
+
+
 def full_like(tree: PyTree, fill_value, dtype=None) -> PyTree:
-    """A tree of arrays shaped like ``tree``'s leaves (and with their dtype and sharding, unless
-    ``dtype`` is given), filled with ``fill_value``. Optax's ``tree.full_like``."""
-    return jax.tree.map(lambda x: jnp.full_like(x, fill_value, dtype=dtype), tree)
+    """A tree of arrays shaped like ``tree``'s leaves (and with their dtype and sharding, also
+    under ``jit``, unless ``dtype`` is given), filled with ``fill_value``. Optax's
+    ``tree.full_like``."""
+    return jax.tree.map(lambda x: filled_like(x, fill_value, dtype), tree)
 
 
 def zeros_like(tree: PyTree, dtype=None) -> PyTree:
     """An all-zeros tree shaped like ``tree``. Optax's ``tree.zeros_like``."""
     return full_like(tree, 0, dtype)
+
+
+def zeros_shaped(shapes: PyTree) -> PyTree:
+    """Zeros for a tree of ``jax.ShapeDtypeStruct`` (from ``jax.eval_shape``), with their
+    shardings when they carry one (under a mesh with explicit axes), so that both branches of a
+    ``lax.cond`` have the same types."""
+    def zeros(s):
+        sharding = getattr(s, "sharding", None)
+        if sharding is None:
+            return jnp.zeros(s.shape, s.dtype)
+        return jnp.zeros(s.shape, s.dtype, out_sharding=sharding)
+
+    return jax.tree.map(zeros, shapes)
 
 
 def cast(tree: PyTree, dtype) -> PyTree:

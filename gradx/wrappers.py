@@ -44,7 +44,7 @@ def cond_update(predicate: jax.typing.ArrayLike, inner: GradientTransformationEx
     def skip(operands):
         upd, state, _ = operands
         if otherwise == "zeros":
-            fallback = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
+            fallback = plumbing.zeros_shaped(out_shape)
         else:
             fallback = jax.tree.map(lambda u, s: jnp.asarray(u).astype(s.dtype), upd, out_shape)
         return fallback, state
