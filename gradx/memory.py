@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 import jax
 import numpy as np
 
+from gradx import fused
 from gradx.base import GradientTransformation
 from gradx.groups import leaf_path
 from gradx.masking import resolve_mask
@@ -150,9 +151,12 @@ def memory_report(tx: GradientTransformation, params: Any, *,
     ``nnx.State``). ``labels``: optional group labels, a tree with the params' structure (or a
     prefix of it) or a function ``params -> labels`` (e.g. ``gradx.groups.label_by_path``),
     to add per-group totals. See ``MemoryReport`` for what is returned and the module
-    docstring for how state leaves are attributed to parameters. Not in Optax.
+    docstring for how state leaves are attributed to parameters. The state and params of
+    ``gradx.fused`` are reported in the reference layout (``gradx.fused.reference_like``). Not in
+    Optax.
     """
-    state = jax.eval_shape(tx.init, params)
+    state = fused.reference_like(jax.eval_shape(tx.init, params))
+    params = fused.reference_like(params)
     param_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     owner = {_keys(p): i for i, (p, _) in enumerate(param_leaves)}
     group_of = [None] * len(param_leaves)

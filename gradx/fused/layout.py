@@ -108,6 +108,11 @@ class FlatTree:
     def __repr__(self):
         return f"FlatTree(buckets={self.buckets}, inplace={self.inplace})"
 
+    def __contains__(self, key) -> bool:
+        """No key: code that looks for one in the params (Flax's ``TrainState`` looks for
+        ``'overwrite_with_gradient'``) treats flat params as plain params."""
+        return False
+
 
 def is_flat(x) -> bool:
     return isinstance(x, FlatTree)
