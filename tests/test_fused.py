@@ -363,6 +363,14 @@ def test_conversions_under_jit():
     reference = jax.jit(to_reference_state)(state)
     back = jax.jit(lambda s, p: from_reference_state(fast, s, p))(reference, params)
     assert_trees_equal(back, state, "round trip")
+    flat = flatten_params(params, INPLACE)
+    tree = {"params": flat, "state": state}
+    like = gradx.fused.reference_like(tree)  # no computation: the reference layout's shapes
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), like) == jax.tree.map(
+        lambda x: (x.shape, x.dtype), {"params": params, "state": reference})
+    again = jax.jit(lambda r: gradx.fused.from_reference_like(r, tree))(
+        {"params": params, "state": reference})
+    assert_trees_equal(again, tree, "round trip of flat params and state")
 
 
 def test_validation():
@@ -378,6 +386,11 @@ def test_validation():
     with pytest.raises(ValueError, match=r"fused: updates has 1 leaves \(PyTreeDef\(\{'head': \*\}\)\), "
                                          r"the state was built for 7 \(PyTreeDef"):
         tx.update({"head": params["head"]}, state, params)
+    with pytest.raises(ValueError, match=r"from_reference_state: the state's structure is "):
+        from_reference_state(tx, gradx.sgd(0.1, momentum=0.9).init(params), params)
+    with pytest.raises(ValueError, match=r"kind must be one of \('elementwise', 'global', "
+                                         r"'per leaf', 'by path'\), got 'leafy'."):
+        tree_use.declare(gradx.sgd(0.1), "leafy", "sgd")
 
 
 def test_flat_params_step_equals_reference():
