@@ -165,8 +165,8 @@ RECIPES = {
          "frozen": gradx.set_to_zero()}, LABELS), 3, 2),
     "adamw_weight_decay_mask": (lambda: gradx.adamw(1e-2, weight_decay=0.1,
                                                     mask=gradx.weight_decay_mask()), 3, 0),
-    "apply_if_finite": (lambda: gradx.apply_if_finite(gradx.adamw(1e-2), 2), 2, 0),
-    "skip_bad_steps": (lambda: gradx.skip_bad_steps(gradx.lion(1e-2), max_grad_norm=8.0), 2, 0),
+    "apply_if_finite_skip_bad_steps": (lambda: gradx.apply_if_finite(
+        gradx.skip_bad_steps(gradx.lion(1e-2), max_grad_norm=8.0), 2), 2, 0),
     "multi_steps": (lambda: gradx.MultiSteps(gradx.adamw(1e-2), 2).gradient_transformation(), 2, 0),
     "telemetry_clip_sgd": (lambda: gradx.with_telemetry(gradx.chain(
         gradx.clip_by_global_norm(0.5), gradx.sgd(1e-2, momentum=0.9, nesterov=True))), 1, 2),

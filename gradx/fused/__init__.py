@@ -51,8 +51,9 @@ shardings are not visible: build the layout outside ``jit`` (``fused(tx).init(pa
 
 State: on the flat path ``fused(tx).init(params)`` is a ``FusedState``: ``inner`` is ``tx``'s
 state (same classes and fields) in which every params-shaped tree is a ``FlatTree``, and
-``offsets`` one int32 array of where each bucketed leaf starts (a run-time input, so that the
-leaves of one shape share one kernel when updates are cut back into leaves). The reference
+``offsets`` where each bucketed leaf starts (int32 scalars, run-time inputs so that the leaves of
+one shape share one kernel when updates are cut back into leaves; none with flat params, whose
+updates stay flat, so their step has no argument per leaf). The reference
 layout is one call away: ``to_reference_state`` (exact), ``from_reference_state`` back.
 ``gradx.checkpoint`` saves the reference layout (a checkpoint does not depend on the path, and
 restores into either), ``memory_report`` reports it, and ``read_state`` / ``set_hyperparams``

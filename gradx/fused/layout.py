@@ -157,12 +157,12 @@ def _concatenate(parts, name):
 
 def unpack(flat: FlatTree, offsets=None, treedef=None):
     """The tree from ``flat`` (a ``MaskedNode()`` for each leaf of a masked slot). With
-    ``offsets`` (an int32 array, one entry per bucketed leaf, passed in at run time) every leaf
-    is cut out by a ``dynamic_slice`` whose start is an input rather than a constant, so all the
-    leaves of one shape share one compiled kernel: XLA compiles a kernel per distinct fused
+    ``offsets`` (int32 scalars, one per bucketed leaf, passed in at run time) every leaf is cut
+    out by a ``dynamic_slice`` whose start is an input rather than a constant, so all the leaves
+    of one shape share one compiled kernel: XLA compiles a kernel per distinct fused
     computation, and constant offsets would make each leaf's distinct (seconds of compile time
-    per thousand leaves). ``treedef`` (default: the layout's) is the structure to give the
-    leaves."""
+    per thousand leaves; so would one array of offsets indexed by leaf: 79 s instead of 3 s at
+    1000 leaves). ``treedef`` (default: the layout's) is the structure to give the leaves."""
     layout = flat.layout
     leaves, k = [], 0
     for (shape, _, _), (b, where) in zip(layout.leaves, layout.slots):
@@ -182,10 +182,9 @@ def unpack(flat: FlatTree, offsets=None, treedef=None):
     return (layout.treedef if treedef is None else treedef).unflatten(leaves)
 
 
-def offsets(layout: Layout) -> jax.Array:
-    """Where each bucketed leaf starts in its bucket, as one int32 array (one buffer: as many
-    scalar arrays would cost the step one argument each)."""
-    return jnp.asarray([where for b, where in layout.slots if b is not None], jnp.int32)
+def offsets(layout: Layout) -> tuple:
+    """Where each bucketed leaf starts in its bucket, as int32 scalars (see ``unpack``)."""
+    return tuple(jnp.asarray(where, jnp.int32) for b, where in layout.slots if b is not None)
 
 
 def abstract_flat(layout: Layout) -> FlatTree:

@@ -17,12 +17,14 @@ from gradx.masking import MaskedNode
 class FusedState:
     """``fused(tx)``'s state on the flat path: ``inner`` is ``tx``'s state built on the buckets
     (each params-shaped tree a ``FlatTree``; a stage run leaf by leaf keeps its state in the
-    reference layout), ``offsets`` where each bucketed leaf starts in its bucket (an int32
-    array, a run-time input: see ``gradx.fused.layout.unpack``). ``layout`` and ``reference``
-    (the structure of ``tx.init(params)``) are static."""
+    reference layout), ``offsets`` where each bucketed leaf starts in its bucket (int32
+    scalars, run-time inputs for cutting updates back into leaves: see
+    ``gradx.fused.layout.unpack``; empty when the state was built on flat params, whose updates
+    stay flat, so that a step has no argument per leaf). ``layout`` and ``reference`` (the
+    structure of ``tx.init(params)``) are static."""
 
     def __init__(self, inner, offsets, layout, reference):
-        self.inner, self.offsets = inner, offsets
+        self.inner, self.offsets = inner, tuple(offsets)
         self.layout, self.reference = layout, reference
 
     def tree_flatten(self):
@@ -113,7 +115,8 @@ def from_reference_like(reference, like):
         if isinstance(node, FusedState):
             inner, inner_def = jax.tree.flatten(node.inner, is_leaf=is_flat)
             inner = [repack(x) if is_flat(x) else take(1)[0] for x in inner]
-            out.append(FusedState(inner_def.unflatten(inner), offsets(node.layout), node.layout,
+            out.append(FusedState(inner_def.unflatten(inner),
+                                  offsets(node.layout) if node.offsets else (), node.layout,
                                   node.reference))
         elif is_flat(node):
             out.append(repack(node))

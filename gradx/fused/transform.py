@@ -37,15 +37,15 @@ def fused(tx, inplace_min_size: int = DEFAULT_INPLACE_MIN_SIZE) -> GradientTrans
     declared, tx = tx, with_extra_args_support(tx)
 
     def init(params):
-        if isinstance(params, FlatTree):
-            layout, flat = params.layout, params
+        if isinstance(params, FlatTree):  # updates stay flat: no offsets needed
+            layout, flat, cuts = params.layout, params, ()
         else:
             layout = layouts.build(params, inplace_min_size, group_keys(declared, params))
             if not describe(declared, layout).flat:
                 return tx.init(params)
-            flat = pack(params, layout, "params")
+            flat, cuts = pack(params, layout, "params"), layouts.offsets(layout)
         how = plan(declared, layout)
-        return FusedState(how.converted.init(flat), layouts.offsets(layout), layout, how.reference)
+        return FusedState(how.converted.init(flat), cuts, layout, how.reference)
 
     def update(updates, state, params=None, **extra_args):
         if not isinstance(state, FusedState):
@@ -57,7 +57,7 @@ def fused(tx, inplace_min_size: int = DEFAULT_INPLACE_MIN_SIZE) -> GradientTrans
             new, inner = run.update(pack(updates, layout, "updates"), state.inner,
                                     None if params is None else pack(params, layout, "params"),
                                     **extra_args)
-            new = unpack(new, state.offsets, jax.tree.structure(updates))
+            new = unpack(new, state.offsets or None, jax.tree.structure(updates))
         return new, FusedState(inner, state.offsets, layout, state.reference)
 
     return GradientTransformationExtraArgs(init, update)
