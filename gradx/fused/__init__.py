@@ -8,8 +8,9 @@ into flat buffers ("buckets"), one per dtype, group and placement, and leaves of
 ``inplace_min_size`` elements stay as they are. XLA then compiles each bucket's chain into the
 loops it makes for one leaf, whatever the number of leaves.
 
-When to use it: many small leaves (0.11-0.15x Optax's step and 0.2x its compile time at 1000
-leaves with the params kept flat; see ``benchmarks/RESULTS.md``). On a few large leaves the
+When to use it: many small leaves (at 1000 leaves with the params kept flat, 0.09-0.16x Optax's
+step and 0.06-0.21x its compile time in interleaved runs on a shared 2-core CPU, indicative; see
+``benchmarks/RESULTS.md``). On a few large leaves the
 default path is as fast. How::
 
     tx = fused(gradx.chain(gradx.clip_by_global_norm(1.0), gradx.adamw(schedule)))
