@@ -53,7 +53,9 @@ and with ``flax.nnx`` (``optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)``):
 (``nnx.state(optimizer)`` holds the optimizer's step and its ``opt_state``.)
 
 The ``*_like`` trees may hold ``jax.ShapeDtypeStruct`` leaves (e.g. from ``jax.eval_shape``);
-restored arrays get the like leaves' shardings when they have one. Not in Optax.
+restored arrays get the like leaves' shardings when they have one. Flat params and states of
+``gradx.fused`` are saved in the reference layout (``gradx.fused.to_reference_state``), so a
+checkpoint is the same whichever path wrote it, and restores into either. Not in Optax.
 """
 
 import json
@@ -68,6 +70,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from gradx import fused
 from gradx.memory import leaf_dtype
 from gradx.plumbing import path_str
 
@@ -280,6 +283,7 @@ def save(path: Union[str, os.PathLike], params: Any, opt_state: Any, *,
     and is then replaced. Returns ``Path(path)``. See the module docstring for the layout.
     """
     ocp = _orbax()
+    params, opt_state = fused.to_reference_state(params), fused.to_reference_state(opt_state)
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     data = _data_name()
@@ -328,6 +332,8 @@ def restore(path: Union[str, os.PathLike], params_like: Any, opt_state_like: Any
     differs; ``FileNotFoundError`` when ``path`` holds no checkpoint.
     """
     metadata = read_metadata(path)
+    flat_likes = params_like, opt_state_like  # gradx.fused layouts: restored in the reference one
+    params_like, opt_state_like = map(fused.reference_like, flat_likes)
     version = metadata.get("state_format_version")
     if version not in range(1, STATE_FORMAT_VERSION + 1):
         newer = isinstance(version, int) and version > STATE_FORMAT_VERSION
@@ -354,9 +360,8 @@ def restore(path: Union[str, os.PathLike], params_like: Any, opt_state_like: Any
         raise ValueError(f"The gradx checkpoint in {str(path)!r} is damaged: Orbax cannot read "
                          f"'{metadata['data']}' ({type(error).__name__}: {error}). Restore an "
                          "earlier checkpoint.") from error
-    return Restored(params=jax.tree.unflatten(jax.tree.structure(params_like), arrays["params"]),
-                    opt_state=jax.tree.unflatten(jax.tree.structure(opt_state_like),
-                                                 arrays["opt_state"]),
+    return Restored(params=fused.from_reference_like(arrays["params"], flat_likes[0]),
+                    opt_state=fused.from_reference_like(arrays["opt_state"], flat_likes[1]),
                     step=metadata["step"])
 
 

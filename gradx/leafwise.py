@@ -42,7 +42,10 @@ Each case in two lines:
     return {"std": std, "key": PerLeaf(keys)}, {"rng_key": rng_key}      # the rule gets one key
 
 A rule marked ``elementwise=True`` uses no reduction over its leaf (and no ``PerLeaf`` value),
-so the same function can also run over a flat buffer holding many leaves at once.
+so the same function can also run over a flat buffer holding many leaves at once; step scalars
+computed from the trees (``step_inputs``) must then reduce over the whole tree (a global norm),
+never leaf by leaf. The transformation declares which it is (``gradx.tree_use``), with its
+``LeafwiseSpec`` (the rule, its moments and the flag), which is what ``gradx.fused`` reads.
 """
 
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -50,7 +53,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from gradx import plumbing
+from gradx import plumbing, tree_use
 from gradx.base import (NO_PARAMS_MSG, GradientTransformation, GradientTransformationExtraArgs,
                         safe_increment)
 
@@ -83,6 +86,25 @@ class PerLeaf(NamedTuple):
     """A step scalar with one value per leaf, in flattening order: leaf ``i`` gets ``values[i]``."""
 
     values: Any
+
+
+class LeafwiseSpec(NamedTuple):
+    """The parts a ``leafwise`` transformation was built from (its declaration's ``spec``)."""
+
+    rule: Callable[..., Any]
+    state_cls: type
+    moments: tuple
+    step_scalars: Optional[Callable[..., Any]]
+    needs_params: bool
+    elementwise: bool
+    step_inputs: tuple
+    carry: dict
+
+    @property
+    def per_element(self) -> bool:
+        """The rule acts on each element on its own and every moment is a full-size buffer, so
+        it gives the same numbers on a flat buffer holding many leaves."""
+        return self.elementwise and not any(callable(m.init) for m in self.moments)
 
 
 def debias_factor(decay, count) -> jax.Array:
@@ -242,9 +264,24 @@ def leafwise(
         return treedef.unflatten(new_updates), state_cls(**fields)
 
     if "extra_args" in step_inputs:
-        return GradientTransformationExtraArgs(init, update)
+        tx = GradientTransformationExtraArgs(init, update)
+    else:
+        def update_without_extra_args(updates, state, params=None):
+            return update(updates, state, params)
 
-    def update_without_extra_args(updates, state, params=None):
-        return update(updates, state, params)
+        tx = GradientTransformation(init, update_without_extra_args)
+    spec = LeafwiseSpec(rule, state_cls, tuple(moments), step_scalars, needs_params, elementwise,
+                        tuple(step_inputs), dict(carry))
+    kind = (tree_use.PER_LEAF if not spec.per_element
+            else tree_use.GLOBAL if {"updates", "params"} & set(step_inputs)
+            else tree_use.ELEMENTWISE)
+    return tree_use.declare(tx, kind, _name(rule, state_cls), spec=spec)
 
-    return GradientTransformation(init, update_without_extra_args)
+
+def _name(rule, state_cls) -> str:
+    """The function that built ``rule`` (``clip_by_block_rms`` for a lambda defined there), else
+    the rule's or the state class's name."""
+    qualname = getattr(rule, "__qualname__", "")
+    if ".<locals>" in qualname:
+        return qualname.split(".<locals>")[0]
+    return qualname or state_cls.__name__

@@ -9,6 +9,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 import jax
 
+from gradx import tree_use
 from gradx.base import GradientTransformation, GradientTransformationExtraArgs, with_extra_args_support
 
 
@@ -58,7 +59,7 @@ def masked(inner: GradientTransformation, mask: Union[Any, Callable[[Any], Any]]
     ``mask_compatible_extra_args=True``, extra arguments shaped like the updates are masked too.
     Mask values must be Python bools (static under ``jit``).
     """
-    inner = with_extra_args_support(inner)
+    declared, inner = inner, with_extra_args_support(inner)
 
     def init(params):
         if is_params_placeholder(params):  # nothing to mask: hand it down, as Optax does
@@ -78,4 +79,9 @@ def masked(inner: GradientTransformation, mask: Union[Any, Callable[[Any], Any]]
                               mask_values, inner_updates, updates)
         return merged, MaskedState(inner_state=inner_state)
 
-    return GradientTransformationExtraArgs(init, update)
+    def rebuild(convert, masks):
+        return masked(convert(0, declared), masks[0],
+                      mask_compatible_extra_args=mask_compatible_extra_args)
+
+    return tree_use.declare(GradientTransformationExtraArgs(init, update), tree_use.BY_PATH,
+                            "masked", inner=(declared,), masks=(mask,), rebuild=rebuild)

@@ -46,6 +46,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 import jax
 import numpy as np
 
+from gradx import fused
 from gradx import sharding as sharding_lib
 from gradx.base import GradientTransformation
 from gradx.groups import leaf_path
@@ -188,9 +189,11 @@ def memory_report(tx: GradientTransformation, params: Any, *,
     structure, or one sharding for every leaf); by default, when the params carry
     ``NamedSharding``s, ``gradx.sharding.state_shardings(tx, params)``. See ``MemoryReport`` for
     what is returned and the module docstring for how state leaves are attributed to
-    parameters. Not in Optax.
+    parameters. The state and params of ``gradx.fused`` are reported in the
+    reference layout (``gradx.fused.reference_like``). Not in Optax.
     """
-    state = jax.eval_shape(tx.init, params)
+    state = fused.reference_like(jax.eval_shape(tx.init, params))
+    params = fused.reference_like(params)
     param_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     owner = {_keys(p): i for i, (p, _) in enumerate(param_leaves)}
     group_of = [None] * len(param_leaves)

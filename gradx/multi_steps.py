@@ -20,7 +20,7 @@ from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
 import jax
 import jax.numpy as jnp
 
-from gradx import checks, plumbing
+from gradx import checks, plumbing, tree_use
 from gradx.base import (GradientTransformation, GradientTransformationExtraArgs, safe_increment,
                         with_extra_args_support)
 from gradx.hyperparams import register_readable_state
@@ -173,6 +173,12 @@ class MultiSteps:
         self._use_grad_mean = use_grad_mean
         self._should_skip_update_fn = should_skip_update_fn or _never_skip
         self._accumulator_dtype = accumulator_dtype
+        # should_skip_update_fn is taken to reduce over the whole tree, as Optax's two do.
+        self.tree_use = tree_use.TreeUse(
+            tree_use.GLOBAL, "MultiSteps", inner=(opt,),
+            rebuild=lambda convert, _: MultiSteps(convert(0, opt), every_k_schedule,
+                                                  use_grad_mean, should_skip_update_fn,
+                                                  accumulator_dtype).gradient_transformation())
 
     @property
     def inner_opt(self) -> GradientTransformationExtraArgs:
@@ -277,7 +283,7 @@ def accumulate_gradients(inner: GradientTransformation,
     form (unit weights, the inner optimizer fed the gradients' dtype).
     """
     every_k = _every_k(every_k_schedule)
-    inner = with_extra_args_support(inner)
+    declared, inner = inner, with_extra_args_support(inner)
     weight_dtype = jnp.result_type(float)
 
     def init(params):
@@ -307,7 +313,11 @@ def accumulate_gradients(inner: GradientTransformation,
             skipped_micro_batches=skipped, window_weight=window_weight, acc_grads=acc,
             inner_state=inner_state)
 
-    return GradientTransformationExtraArgs(init, update)
+    return tree_use.declare(
+        GradientTransformationExtraArgs(init, update), tree_use.GLOBAL, "accumulate_gradients",
+        inner=(declared,), rebuild=lambda convert, _: accumulate_gradients(
+            convert(0, declared), every_k_schedule, use_grad_mean, skip_nonfinite,
+            accumulator_dtype))
 
 
 __all__ = ["ShouldSkipUpdateFunction", "skip_not_finite", "skip_large_updates", "MultiStepsState",

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradx import plumbing
+from gradx import plumbing, tree_use
 from gradx.base import (NO_PARAMS_MSG, GradientTransformation, GradientTransformationExtraArgs,
                         safe_increment, with_extra_args_support)
 
@@ -74,7 +74,7 @@ def apply_if_finite(inner: GradientTransformation,
     0, so it counts the current streak, and the next non-finite update is skipped again (Optax
     keeps counting and applies every further non-finite update until a finite one arrives).
     """
-    inner = with_extra_args_support(inner)
+    declared, inner = inner, with_extra_args_support(inner)
 
     def init(params):
         return ApplyIfFiniteState(notfinite_count=jnp.zeros([], jnp.int32),
@@ -95,7 +95,10 @@ def apply_if_finite(inner: GradientTransformation,
                                       safe_increment(state.total_notfinite)),
             inner_state=inner_state)
 
-    return GradientTransformationExtraArgs(init, update)
+    return tree_use.declare(
+        GradientTransformationExtraArgs(init, update), tree_use.GLOBAL, "apply_if_finite",
+        inner=(declared,),
+        rebuild=lambda convert, _: apply_if_finite(convert(0, declared), max_consecutive_errors))
 
 
 class ConditionFn(Protocol):
@@ -115,7 +118,7 @@ class ConditionallyMaskState(NamedTuple):
 
 
 def _conditionally(inner, should_transform_fn, forward_extra_args, otherwise, state_cls):
-    inner = with_extra_args_support(inner)
+    declared, inner = inner, with_extra_args_support(inner)
 
     def init(params):
         return state_cls(inner_state=inner.init(params), step=jnp.zeros([], jnp.int32))
@@ -126,7 +129,13 @@ def _conditionally(inner, should_transform_fn, forward_extra_args, otherwise, st
                                                params, extra_args, otherwise)
         return new_updates, state_cls(inner_state=inner_state, step=safe_increment(state.step))
 
-    return GradientTransformationExtraArgs(init, update)
+    def rebuild(convert, _):
+        return _conditionally(convert(0, declared), should_transform_fn, forward_extra_args,
+                              otherwise, state_cls)
+
+    return tree_use.declare(GradientTransformationExtraArgs(init, update), tree_use.ELEMENTWISE,
+                            f"conditionally ({state_cls.__name__})", inner=(declared,),
+                            rebuild=rebuild)
 
 
 def conditionally_transform(inner: GradientTransformation, should_transform_fn: ConditionFn,
