@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 comma := ,
 
-.PHONY: demo test bench docs clean fuzz optax-tests
+.PHONY: demo test bench convergence docs clean fuzz optax-tests
 
 # Create the virtual environment if needed and install gradx with the given extras.
 define install
@@ -54,6 +54,13 @@ OPTAX_TESTS_ARGS ?= --jobs 2
 optax-tests: $(VENV)/.installed-test
 	$(PY) tests/optax_suite/run.py $(OPTAX_TESTS_ARGS); status=$$?; \
 	$(PY) tests/optax_suite/docstrings.py $(OPTAX_DOCSTRINGS_ARGS) && exit $$status
+
+# AdamW, Sophia, SOAP, Shampoo and Muon training a small character-level GPT from scratch, each
+# with a learning-rate sweep: ~15 min on 2 CPU cores; CONVERGENCE_ARGS="--size gpu" on a GPU,
+# "--size smoke" to check the pipeline (which leaves benchmarks/CONVERGENCE.md alone).
+CONVERGENCE_ARGS ?=
+convergence: $(VENV)/.installed-test
+	$(PY) benchmarks/convergence.py $(if $(findstring smoke,$(CONVERGENCE_ARGS)),,--results-md benchmarks/CONVERGENCE.md) $(CONVERGENCE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info examples/out

@@ -39,6 +39,7 @@ from gradx.plateau import *  # noqa: F401,F403
 from gradx.skipping import *  # noqa: F401,F403
 from gradx.mixed_precision import *  # noqa: F401,F403
 from gradx.memory import *  # noqa: F401,F403
+from gradx.curvature import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 

@@ -59,3 +59,10 @@ def one_of(name: str, value: Any, choices: Iterable[Any]) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {name}={value!r}.")
+
+
+def positive_integer(name: str, value: Any) -> None:
+    """A whole number ``>= 1`` (a frequency or a count of steps)."""
+    x = _concrete(value)
+    if x is not None and not (x >= 1 and float(x).is_integer()):
+        raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}.")

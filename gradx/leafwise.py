@@ -30,8 +30,8 @@ Each case in two lines:
     leafwise(rule, EmptyState, step_inputs=("updates",),
              step_scalars=lambda _, updates: {"norm": global_norm(updates)})
 
-- scalar state carried from step to step (``carry``: its initial values, or functions of the
-  params that return them)::
+- state carried from step to step (``carry``: its initial values, or functions of the params
+  that return them, such as a nested transformation's ``init``)::
 
     leafwise(rule, NAdamState, moments, carry={"mu_product": 1.0},
              step_scalars=lambda count, mu_product: (scalars, {"mu_product": mu_product * mu}))
@@ -193,10 +193,10 @@ def leafwise(
       step_inputs: what ``step_scalars`` also takes, as keywords: any of ``'state'`` (the
         incoming state), ``'updates'``, ``'params'``, ``'extra_args'`` (the update's extra
         keyword arguments, spread; the transformation then takes them).
-      carry: scalar state fields carried from step to step, with their initial values (or
-        functions of the params that return them: a scalar in the params' dtype, an estimate
-        from their norm); ``step_scalars`` also gets their current values as keywords and
-        returns ``(scalars, new_values)``. New values keep the old values' dtype.
+      carry: state fields carried from step to step (scalars or any pytree), with their
+        initial values or functions of the params that return them (a nested
+        transformation's ``init``); ``step_scalars`` also gets their current values as keywords
+        and returns ``(scalars, new_values)``. New values keep the old values' dtypes.
     """
     has_count = count_field is not None and count_field in state_cls._fields
     names = [m.name for m in moments]
@@ -204,7 +204,7 @@ def leafwise(
 
     def init(params):
         fields = {m.name: jax.tree.map(m.init_leaf, params) for m in moments}
-        fields.update({name: jnp.asarray(value(params) if callable(value) else value)
+        fields.update({name: jax.tree.map(jnp.asarray, value(params) if callable(value) else value)
                        for name, value in carry.items()})
         if has_count:
             fields[count_field] = jnp.zeros([], jnp.int32)
@@ -256,7 +256,8 @@ def leafwise(
         if not state_cls._fields:
             return treedef.unflatten(new_updates), state
         fields = {n: treedef.unflatten(leaves) for n, leaves in zip(names, new_moments)}
-        fields.update({k: plumbing.cast_like(v, getattr(state, k)) for k, v in carried.items()})
+        fields.update({k: jax.tree.map(plumbing.cast_like, v, getattr(state, k))
+                       for k, v in carried.items()})
         if has_count:
             fields[count_field] = count
         for field in state_cls._fields:

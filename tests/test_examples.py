@@ -20,6 +20,7 @@ PLOTS = {
     "finetune_param_groups": ["finetune_param_groups.png"],
     "schedules": ["schedules.png"],
     "accumulation_mixed_precision": ["accumulation_mixed_precision.png"],
+    "second_order": ["second_order.png"],
 }
 SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
 
