@@ -22,23 +22,6 @@ MODULES = ("", "assignment", "contrib", "experimental", "experimental.aggregatin
            "microbatching", "perturbations", "projections", "schedules", "second_order",
            "transforms", "tree", "tree_utils")
 
-# Names that other branches provide; each must still be missing here. Remove an entry when its
-# branch is merged (the test then requires the name to resolve).
-PENDING_IN_OTHER_BRANCHES = {
-    # the "matrix" branch (its engine)
-    "matrix_inverse_pth_root", "power_iteration",
-    # the "contrib" and "contrib2" branches
-    *(f"contrib.{name}" for name in (
-        "COCOBState", "DAdaptAdamWState", "DifferentiallyPrivateAggregateState", "DoGState",
-        "DoWGState", "HutchinsonState", "MechanicState", "MomoAdamState", "MomoState",
-        "MuonDimensionNumbers", "MuonState", "NormalizeState", "ProdigyState", "SAMState",
-        "SophiaState", "cocob", "dadapt_adamw", "differentially_private_aggregate", "dog",
-        "dowg", "dpsgd", "hutchinson_estimator_diag_hessian", "mechanize", "momo",
-        "momo_adam", "muon", "normalize", "prodigy", "sam", "scale_by_cocob",
-        "scale_by_muon", "sophia")),
-}
-
-
 def _resolve(root, path):
     for part in filter(None, path.split(".")):
         root = getattr(root, part)
@@ -74,19 +57,11 @@ def test_enumeration_finds_every_optax_module_and_name():
     assert counts["transforms"] == 46 and counts["schedules"] == 21 and counts["contrib"] == 58
     assert counts["projections"] == 12 and counts["microbatching"] == 6
     assert len(OPTAX_NAMES) == 496
-    assert PENDING_IN_OTHER_BRANCHES <= set(OPTAX_NAMES)
 
 
 def test_every_optax_name_resolves_at_the_same_path():
-    missing = [name for name in OPTAX_NAMES
-               if name not in PENDING_IN_OTHER_BRANCHES and _gradx(name) is None]
+    missing = [name for name in OPTAX_NAMES if _gradx(name) is None]
     assert not missing, f"{len(missing)} Optax names missing from gradx: {missing}"
-
-
-def test_pending_names_are_still_missing():
-    """When a pending branch lands, delete its entries from PENDING_IN_OTHER_BRANCHES."""
-    landed = sorted(name for name in PENDING_IN_OTHER_BRANCHES if _gradx(name) is not None)
-    assert not landed, f"remove from PENDING_IN_OTHER_BRANCHES: {landed}"
 
 
 def test_one_object_in_optax_is_one_object_in_gradx():
@@ -95,7 +70,7 @@ def test_one_object_in_optax_is_one_object_in_gradx():
     by_id = {}
     for name in OPTAX_NAMES:
         value = _resolve(optax, name)
-        if callable(value) and name not in PENDING_IN_OTHER_BRANCHES:
+        if callable(value):
             by_id.setdefault(id(value), []).append(name)
     split = []
     for names in by_id.values():

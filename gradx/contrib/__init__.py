@@ -1,5 +1,6 @@
 """Optax's ``contrib`` optimizers with Optax 0.2.8's names, defaults, state and numbers (fixed
-where the authors' reference shows a defect; see each docstring), plus MARS.
+where the authors' reference shows a defect; see each docstring), plus MARS. ``muon`` comes from the matrix engine (``gradx.matrix``) and ``sophia`` from
+``gradx.curvature``: one implementation each, under both paths.
 
 One algorithm per module (state class, building block and alias together); the modules are
 private (``_adopt``, as Optax's) so that ``gradx.contrib.adopt`` is the optimizer, not a module.
@@ -29,6 +30,9 @@ from gradx.contrib._privacy import (DifferentiallyPrivateAggregateState,
                                     differentially_private_aggregate, dpsgd)
 from gradx.contrib._prodigy import ProdigyState, prodigy
 from gradx.contrib._sam import NormalizeState, SAMState, normalize, sam
+from gradx.curvature import (HutchinsonState, SophiaState, hutchinson_estimator_diag_hessian,
+                             sophia)
+from gradx.matrix import MuonDimensionNumbers, MuonState, muon, scale_by_muon
 
 __all__ = [
     "ReduceLROnPlateauState", "reduce_on_plateau",
@@ -51,4 +55,6 @@ __all__ = [
     "DifferentiallyPrivateAggregateState", "differentially_private_aggregate", "dpsgd",
     "ProdigyState", "prodigy",
     "NormalizeState", "SAMState", "normalize", "sam",
+    "HutchinsonState", "SophiaState", "hutchinson_estimator_diag_hessian", "sophia",
+    "MuonDimensionNumbers", "MuonState", "muon", "scale_by_muon",
 ]
