@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 comma := ,
 
-.PHONY: demo test bench convergence docs clean
+.PHONY: demo test bench convergence docs clean fuzz optax-tests
 
 # Create the virtual environment if needed and install gradx with the given extras.
 define install
@@ -39,6 +39,21 @@ BENCH_ARGS ?=
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 	$(PY) benchmarks/report.py $(if $(findstring --quick,$(BENCH_ARGS)),,--results-md benchmarks/RESULTS.md)
+
+# Property-based differential tests against optax and torch with a large budget (make test runs
+# a small one); figures in benchmarks/FUZZ.md, every mismatch in benchmarks/out/fuzz-results.json.
+FUZZ_ARGS ?= --examples 5000 --torch-examples 500
+fuzz: $(VENV)/.installed-test
+	mkdir -p benchmarks/out
+	$(PY) tests/differential.py $(FUZZ_ARGS) --out benchmarks/out/fuzz-results.json
+
+# Optax 0.2.8's own test files (from the installed wheel) with gradx's names swapped in, then
+# its docstring examples; prints the table and the failures that are not documented differences
+# (tests/optax_suite/).
+OPTAX_TESTS_ARGS ?= --jobs 2
+optax-tests: $(VENV)/.installed-test
+	$(PY) tests/optax_suite/run.py $(OPTAX_TESTS_ARGS); status=$$?; \
+	$(PY) tests/optax_suite/docstrings.py $(OPTAX_DOCSTRINGS_ARGS) && exit $$status
 
 # AdamW, Sophia, SOAP, Shampoo and Muon training a small character-level GPT from scratch, each
 # with a learning-rate sweep: ~15 min on 2 CPU cores; CONVERGENCE_ARGS="--size gpu" on a GPU,

@@ -4,9 +4,11 @@
     .venv/bin/python benchmarks/bench.py --quick    # small sizes, for development
 
 Regimes
-  large   a transformer-shaped tree (~100M params, ~150 leaves; ``--large-width`` sets the size)
+  large   a transformer-shaped tree (~100M params, ~150 leaves; ``--large-width`` sets the size);
+          also Shampoo, SOAP and Muon (``--matrix-recipes``), refresh every 10 steps
   many    a deep narrow transformer tree (~1M params, ``--many-leaves`` leaves each)
-  model   a Flax MLP train step (loss, grad, optimizer, apply) inside one jit
+  model   a Flax MLP train step (loss, grad, optimizer, apply) inside one jit, and the same step
+          without the optimizer (forward and backward only), for the optimizer's share of it
   compile trace+lower+compile time of one step against the leaf count (100 to 3000 leaves)
 
 Every JAX step is ``jit(step, donate_argnums=(params, state))`` for every library (``--no-donate``
@@ -17,7 +19,8 @@ bandwidth bound (the bytes the recipe must move per float32 parameter, e.g. 28 f
 the measured bandwidth), 1.0 meaning "at the memory-bandwidth limit".
 
 Writes ``results.json`` to ``--out`` (default ``benchmarks/out``); ``benchmarks/report.py`` turns
-it into a Markdown table, PNG plots and ``benchmarks/RESULTS.md``.
+it into a Markdown table, PNG plots and ``benchmarks/RESULTS.md``. Both print the targets of the
+fast-path issue as met or not (``report.targets``), from the same figures.
 """
 
 import argparse
@@ -37,6 +40,9 @@ import torch
 
 import gradx
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report  # noqa: E402  (the targets, read from the same figures as the table)
+
 try:
     from gradx import fused as gradx_fused
 except ImportError:  # the fast path is optional while it is being built
@@ -48,6 +54,12 @@ RECIPES = ("adamw", "clip_adamw_cosine", "sgd_nesterov", "lion", "adafactor")
 # params and grads read, params written, plus each full-size moment read and written; a global
 # norm needs one more read of the grads. Adafactor's factored moments are negligible in size.
 BOUND_BYTES = {"adamw": 28, "clip_adamw_cosine": 32, "sgd_nesterov": 20, "lion": 20, "adafactor": 12}
+# Matrix optimizers (large regime only), refresh amortised every REFRESH_EVERY steps: each timed
+# batch is REFRESH_EVERY steps, so it holds exactly one refresh. Their bound counts only the
+# elementwise traffic (params, grads, momenta), not the matmuls.
+MATRIX_RECIPES = ("shampoo", "soap", "muon")
+REFRESH_EVERY = 10
+BOUND_BYTES.update({"shampoo": 20, "soap": 28, "muon": 20})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,16 +109,18 @@ def jax_recipe(lib, name):
         return lib.lion(1e-4, weight_decay=1e-2)
     if name == "adafactor":
         return lib.adafactor(LR)
+    if name == "muon":
+        return (lib.contrib if lib is optax else lib).muon(LR)
+    if name == "shampoo":  # Meta's defaults (blocks of 1024, eigh roots), roots every 10 steps
+        return lib.shampoo(LR, precondition_frequency=REFRESH_EVERY)
+    if name == "soap":
+        return lib.soap(LR, precondition_frequency=REFRESH_EVERY)
     raise ValueError(name)
 
 
 def fused_recipe(name):
-    """gradx's opt-in fast path: ``fused`` around the recipe. The global-norm clip reduces over
-    the whole tree, so it stays outside (``chain(clip, fused(adamw))``)."""
-    if name == "clip_adamw_cosine":
-        sched = gradx.warmup_cosine_decay_schedule(0.0, LR, warmup_steps=100, decay_steps=10_000)
-        return gradx.chain(gradx.clip_by_global_norm(1.0),
-                           gradx_fused.fused(gradx.adamw(sched, weight_decay=1e-2)))
+    """gradx's opt-in fast path: ``fused`` around the whole recipe (a global-norm clip runs on
+    the buckets too)."""
     return gradx_fused.fused(jax_recipe(gradx, name))
 
 
@@ -124,10 +138,18 @@ FLAT = "gradx-fused-flat"
 
 
 def flat_ok(lib, recipe):
-    """The flat-params variant needs a recipe whose fused part takes the flat path (a
-    global-norm clip in front of it then runs on the flat gradients: same norm, summed in
-    another order)."""
-    return lib != FLAT or recipe != "adafactor"
+    """Every recipe runs on flat params (Adafactor's factored stage leaf by leaf, on views of
+    the buckets)."""
+    del lib, recipe
+    return True
+
+
+def runs(lib, recipe):
+    """Whether ``lib`` has ``recipe``: optax has no Shampoo or SOAP, and the fused fast path
+    takes no matrix optimizer."""
+    if recipe in MATRIX_RECIPES:
+        return lib == "gradx" or (lib == "optax" and recipe == "muon")
+    return flat_ok(lib, recipe)
 
 
 def as_params(lib, params):
@@ -155,6 +177,9 @@ def torch_optimizer(name, params, impl):
         return torch.optim.SGD(params, lr=1e-2, momentum=0.9, nesterov=True, **kw)
     if name == "adafactor" and impl == "foreach":
         return torch.optim.Adafactor(params, lr=LR, foreach=True)
+    if name == "soap" and impl == "foreach":
+        from pytorch_optimizer import SOAP
+        return SOAP(params, lr=LR, precondition_frequency=REFRESH_EVERY)
     return None  # lion: not in torch; adafactor: no fused kernel
 
 
@@ -313,7 +338,7 @@ def step_regime(label, shapes, recipes, args, bw_gbps, libs, with_torch=True):
     for recipe in recipes:
         runners, memory = {}, {}
         for lib, make in libs.items():
-            if not flat_ok(lib, recipe):
+            if not runs(lib, recipe):
                 continue
             donations = (True, False) if args.no_donate else (True,)
             for donate in donations:
@@ -328,13 +353,15 @@ def step_regime(label, shapes, recipes, args, bw_gbps, libs, with_torch=True):
                 run = torch_stepper(recipe, params_np, grads_np, impl)
                 if run is not None:
                     runners[f"torch-{impl}"] = run
-        inner = max(1, int(args.min_batch_s / max(1e-5, _probe(runners["optax"]))))
+        reference = "optax" if "optax" in runners else "gradx"
+        inner = (REFRESH_EVERY if recipe in MATRIX_RECIPES else
+                 max(1, int(args.min_batch_s / max(1e-5, _probe(runners[reference])))))
         runners[TRIAD], triad_floats = triad_runner(args)
         timings = time_interleaved(runners, args.repeats, inner)
         triad = timings.pop(TRIAD)
         row_gbps = 12 * triad_floats / triad["median_s"] / 1e9
         bound_s = BOUND_BYTES[recipe] * n / (row_gbps * 1e9)
-        ref = timings["optax"]["median_s"]
+        ref = timings[reference]["median_s"]  # gradx itself where optax lacks the recipe
         for key, t in timings.items():
             t.update(ratio_to_optax=t["median_s"] / ref, bandwidth_fraction=bound_s / t["median_s"])
         rows.append({"regime": label, "recipe": recipe, "n_params": n, "n_leaves": len(shapes),
@@ -368,7 +395,7 @@ def compile_regime(leaf_counts, recipes, libs, args):
             grads = params
             row = {"recipe": recipe, "n_leaves": len(shapes), "n_params": n_params(shapes), "compile_s": {}}
             for lib, make in libs.items():
-                if not flat_ok(lib, recipe):
+                if not runs(lib, recipe):
                     continue
                 tx = make(recipe)
                 apply = optax.apply_updates if lib == "optax" else gradx.apply_updates
@@ -412,7 +439,7 @@ def model_regime(args, bw_gbps, libs, recipes):
     for recipe in recipes:
         runners = {}
         for lib, make in libs.items():
-            if not flat_ok(lib, recipe):
+            if not runs(lib, recipe):
                 continue
             tx = make(recipe)
             apply = optax.apply_updates if lib == "optax" else gradx.apply_updates
@@ -434,21 +461,47 @@ def model_regime(args, bw_gbps, libs, recipes):
                 jax.block_until_ready(loss)
 
             runners[lib] = run
-        for impl in ("foreach", "fused"):
+        for impl in ("foreach", "fused") if not args.no_torch else ():
             run = torch_model_stepper(recipe, width, depth, batch, impl)
             if run is not None:
                 runners[f"torch-{impl}"] = run
         inner = max(1, int(args.min_batch_s / max(1e-5, _probe(runners["optax"]))))
+        runners[FORWARD_BACKWARD] = forward_backward_runner(model, params0, x, y)
         timings = time_interleaved(runners, args.repeats, inner)
+        forward_backward = timings.pop(FORWARD_BACKWARD)["median_s"]
         ref = timings["optax"]["median_s"]
-        for t in timings.values():
+        for key, t in timings.items():
             t["ratio_to_optax"] = t["median_s"] / ref
             t["bandwidth_fraction"] = BOUND_BYTES[recipe] * n / (bw_gbps * 1e9) / t["median_s"]
+            if not key.startswith("torch"):
+                t["optimizer_fraction"] = 1 - forward_backward / t["median_s"]
         rows.append({"regime": "model", "recipe": recipe, "n_params": int(n),
                      "n_leaves": len(jax.tree.leaves(params0)), "timings": timings,
+                     "forward_backward_s": forward_backward,
                      "model": f"MLP depth {depth} width {width} batch {batch}"})
         _print_row(rows[-1])
     return rows
+
+
+FORWARD_BACKWARD = "_forward_backward"
+
+
+def forward_backward_runner(model, params0, x, y):
+    """The model step without the optimizer: loss and gradients, written into a donated buffer
+    (as the optimizer would read them), params donated and returned as they are."""
+
+    def step(params, grads, x, y):
+        loss, grads = jax.value_and_grad(lambda p: jnp.mean((model.apply(p, x) - y) ** 2))(params)
+        return params, grads, loss
+
+    box = [jax.tree.map(jnp.copy, params0), jax.tree.map(jnp.zeros_like, params0)]
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*box, x, y).compile()
+
+    def run():
+        box[0], box[1], loss = compiled(box[0], box[1], x, y)
+        jax.block_until_ready(loss)
+
+    return run
 
 
 def torch_model_stepper(recipe, width, depth, batch, impl):
@@ -478,12 +531,14 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (development)")
     p.add_argument("--regimes", default="large,many,model,compile")
     p.add_argument("--recipes", default=",".join(RECIPES))
+    p.add_argument("--matrix-recipes", default=",".join(MATRIX_RECIPES),
+                   help="matrix optimizers, timed in the large regime only (empty: none)")
     p.add_argument("--large-width", type=int, default=768, help="768: ~110M params in 147 leaves")
     p.add_argument("--large-layers", type=int, default=12)
-    p.add_argument("--many-leaves", default="750,1500,3000")
+    p.add_argument("--many-leaves", default="250,1000,2000")
     p.add_argument("--many-width", type=int, default=32)
     p.add_argument("--compile-leaves", default="100,250,500,1000,2000,3000")
-    p.add_argument("--compile-recipes", default="adamw")
+    p.add_argument("--compile-recipes", default="adamw,clip_adamw_cosine,sgd_nesterov,lion")
     p.add_argument("--model-width", type=int, default=1024)
     p.add_argument("--model-depth", type=int, default=8)
     p.add_argument("--model-batch", type=int, default=64)
@@ -534,6 +589,8 @@ def main(argv=None):
     if "large" in regimes:
         shapes = transformer_shapes(args.large_layers, args.large_width, vocab=32_000)
         rows += step_regime("large", shapes, recipes, args, bw_gbps, libs, not args.no_torch)
+        matrix = [r for r in args.matrix_recipes.split(",") if r]
+        rows += step_regime("large", shapes, matrix, args, bw_gbps, libs, not args.no_torch)
     if "many" in regimes:
         for n_leaves in map(int, args.many_leaves.split(",")):
             rows += step_regime(f"many-{n_leaves}", many_leaf_shapes(n_leaves, args.many_width),
@@ -550,6 +607,7 @@ def main(argv=None):
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {path}")
+    print(report.targets_text(result))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,82 @@
 
     .venv/bin/python benchmarks/report.py [results.json] [--results-md benchmarks/RESULTS.md]
 
-Writes ``table.md``, ``step_vs_leaves.png`` and ``compile_vs_leaves.png`` next to the JSON, and
-``RESULTS.md`` (the committed record of the latest figures) where ``--results-md`` says.
+Writes ``table.md``, ``step_vs_leaves.png``, ``compile_vs_leaves.png`` and ``targets.png`` next to
+the JSON, and ``RESULTS.md`` (the committed record of the latest figures) where ``--results-md``
+says. The targets of the fast-path issue are marked met or not (``targets``), in the table and in
+the bars of ``targets.png``, from the same figures.
 """
 
 import argparse
 import json
 import os
+
+
+FLAT = "gradx-fused-flat"
+FLAT_RECIPES = ("adamw", "clip_adamw_cosine", "sgd_nesterov", "lion")
+
+
+def _nearest(rows, n_leaves):
+    """The rows whose leaf count is nearest ``n_leaves``."""
+    if not rows:
+        return []
+    best = min(abs(r["n_leaves"] - n_leaves) for r in rows)
+    return [r for r in rows if abs(r["n_leaves"] - n_leaves) == best]
+
+
+def targets(result):
+    """Every target, as ``{"target", "measured", "limit", "met"}`` (met: measured <= limit):
+
+    - the default path (``gradx``) never slower than Optax: every recipe and regime <= 1.05x;
+    - large ``clip_adamw_cosine`` and ``lion`` <= 0.75x Optax's step;
+    - the flat path (``gradx-fused-flat``) at ~1000 small leaves: step <= 0.25x and compile
+      <= 0.2x Optax's, for AdamW, clip + AdamW + cosine, SGD-Nesterov and Lion;
+    - the model step with the flat path: the optimizer under 10% of the step (the step minus
+      the same step without the optimizer, over the step).
+    """
+    out = []
+
+    def add(target, measured, limit):
+        out.append({"target": target, "measured": measured, "limit": limit,
+                    "met": measured <= limit})
+
+    steps, model = result.get("steps", []), result.get("model", [])
+    for row in steps + model:
+        if "gradx" in row["timings"]:
+            add(f"default path, {row['regime']} {row['recipe']}: x optax",
+                row["timings"]["gradx"]["ratio_to_optax"], 1.05)
+    for row in steps:
+        if row["regime"] == "large" and row["recipe"] in ("clip_adamw_cosine", "lion"):
+            add(f"default path, large {row['recipe']}: x optax",
+                row["timings"]["gradx"]["ratio_to_optax"], 0.75)
+    many = _nearest([r for r in steps if r["regime"].startswith("many")], 1000)
+    for row in many:
+        if row["recipe"] in FLAT_RECIPES and FLAT in row["timings"]:
+            add(f"flat path, {row['regime']} {row['recipe']}: step x optax",
+                row["timings"][FLAT]["ratio_to_optax"], 0.25)
+    for row in _nearest(result.get("compile", []), 1000):
+        if row["recipe"] in FLAT_RECIPES and FLAT in row["compile_s"]:
+            add(f"flat path, {row['n_leaves']} leaves {row['recipe']}: compile x optax",
+                row["compile_s"][FLAT] / row["compile_s"]["optax"], 0.2)
+    for row in model:
+        if "optimizer_fraction" in row["timings"].get(FLAT, {}):
+            add(f"flat path, model {row['recipe']}: optimizer share of the step",
+                row["timings"][FLAT]["optimizer_fraction"], 0.10)
+    return out
+
+
+def targets_table(result):
+    lines = ["| target | measured | limit | |", "|---|---|---|---|"]
+    for t in targets(result):
+        lines.append(f"| {t['target']} | {t['measured']:.3f} | {t['limit']} | "
+                     f"{'met' if t['met'] else '**not met**'} |")
+    return "\n".join(lines)
+
+
+def targets_text(result):
+    """The targets, one line each, for the terminal."""
+    return "\n".join(f"[{'met' if t['met'] else 'NOT MET'}] {t['target']}: {t['measured']:.3f} "
+                     f"(limit {t['limit']})" for t in targets(result))
 
 
 def fmt_ms(seconds):
@@ -54,14 +123,15 @@ def compile_table(rows):
     if not rows:
         return ""
     libs = list(rows[0]["compile_s"])
+    fast = [lib for lib in ("gradx-fused", FLAT) if lib in libs]
     lines = ["| recipe | leaves | params | " + " | ".join(f"{lib} s" for lib in libs)
-             + (" | gradx-fused / optax" if "gradx-fused" in libs else "") + " |",
-             "|" + "---|" * (3 + len(libs) + ("gradx-fused" in libs))]
+             + "".join(f" | {lib} / optax" for lib in fast) + " |",
+             "|" + "---|" * (3 + len(libs) + len(fast))]
     for row in rows:
         c = row["compile_s"]
-        ratio = f" | {c['gradx-fused'] / c['optax']:.3f}" if "gradx-fused" in c else ""
+        ratios = "".join(f" | {c[lib] / c['optax']:.3f}" for lib in fast)
         lines.append(f"| {row['recipe']} | {row['n_leaves']} | {row['n_params']:,} | "
-                     + " | ".join(f"{c[lib]:.2f}" for lib in libs) + ratio + " |")
+                     + " | ".join(f"{c[lib]:.2f}" for lib in libs) + ratios + " |")
     return "\n".join(lines)
 
 
@@ -89,6 +159,21 @@ def plots(result, out_dir):
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         path = os.path.join(out_dir, "step_vs_leaves.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    rows = targets(result)
+    if rows:
+        fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.2))
+        y = list(range(len(rows)))
+        ax.barh(y, [t["measured"] / t["limit"] for t in rows],
+                color=["tab:green" if t["met"] else "tab:red" for t in rows])
+        ax.axvline(1.0, color="black", linewidth=1)
+        ax.set_yticks(y, [t["target"] for t in rows], fontsize=6)
+        ax.invert_yaxis()
+        ax.set(xlabel="measured / limit (met at 1 or less)", title="Targets")
+        fig.tight_layout()
+        path = os.path.join(out_dir, "targets.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -131,11 +216,17 @@ def markdown(result):
     ]
     if result.get("notes"):
         parts.append("Notes: " + "; ".join(result["notes"]) + ".")
+    if targets(result):
+        parts += ["", "## Targets (met when measured <= limit; bars: `benchmarks/out/targets.png`)",
+                  "", targets_table(result)]
     parts += ["", "## Step time (median ms, ratio to optax, fraction of the bandwidth bound)", "",
               step_table(result.get("steps", []) + result.get("model", []))]
     if result.get("model"):
         parts += ["", f"`model` rows: {result['model'][0]['model']}, forward + backward + optimizer + "
-                      "apply in one jit (torch: forward, backward, `optimizer.step`)."]
+                      "apply in one jit (torch: forward, backward, `optimizer.step`). Forward and "
+                      "backward alone: " + ", ".join(
+                          f"{fmt_ms(r['forward_backward_s'])} ms ({r['recipe']} row)"
+                          for r in result["model"] if "forward_backward_s" in r) + "."]
     mem = memory_table(result.get("steps", []))
     if mem.count("\n") > 1:
         parts += ["", "## `compiled.memory_analysis()` of one donated step", "", mem]
@@ -159,10 +250,12 @@ def main(argv=None):
         f.write(body)
     written = plots(result, out_dir)
     print("wrote", os.path.join(out_dir, "table.md"), *written)
+    print(targets_text(result))
     if args.results_md:
         with open(args.results_md, "w") as f:
             f.write("# Benchmark results\n\nGenerated by `benchmarks/report.py` from `make bench` "
-                    "(plots: `benchmarks/out/step_vs_leaves.png`, `compile_vs_leaves.png`).\n\n"
+                    "(plots: `benchmarks/out/step_vs_leaves.png`, `compile_vs_leaves.png`, "
+                    "`targets.png`).\n\n"
                     + (args.note + "\n\n" if args.note else "") + body)
         print("wrote", args.results_md)
 

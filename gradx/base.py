@@ -6,10 +6,13 @@ and behaviour, as Optax's ``optax.GradientTransformation`` family, so code writt
 protocol runs unchanged.
 """
 
+import inspect
 from typing import Any, Callable, NamedTuple, Optional, Protocol, Union, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+
+from gradx import plumbing
 
 PyTree = Any
 Params = Any
@@ -94,7 +97,7 @@ def set_to_zero() -> GradientTransformation:
 
     def update(updates, state, params=None):
         del params
-        return jax.tree.map(jnp.zeros_like, updates), state
+        return plumbing.zeros_like(updates), state
 
     return GradientTransformation(init_empty_state, update)
 
@@ -123,9 +126,23 @@ def stateless_with_tree_map(f: Callable[[jax.Array, Optional[jax.Array]], jax.Ar
     return GradientTransformation(init_empty_state, update)
 
 
+def takes_extra_args(tx: GradientTransformation) -> bool:
+    """Whether ``tx.update`` takes extra keyword arguments: a ``GradientTransformationExtraArgs``
+    of gradx or of another library (Optax's: any class of that name), or an ``update`` whose
+    signature has ``**kwargs``."""
+    if any(cls.__name__ == "GradientTransformationExtraArgs" for cls in type(tx).__mro__):
+        return True
+    try:
+        parameters = inspect.signature(tx.update).parameters.values()
+    except (TypeError, ValueError):  # a callable without a signature: assume it takes none
+        return False
+    return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 def with_extra_args_support(tx: GradientTransformation) -> GradientTransformationExtraArgs:
-    """Returns ``tx`` if it already takes extra arguments, else a wrapper that drops them."""
-    if isinstance(tx, GradientTransformationExtraArgs):
+    """Returns ``tx`` if it already takes extra arguments (``takes_extra_args``; an Optax
+    object included), else a wrapper that drops them."""
+    if takes_extra_args(tx):
         return tx
 
     def update(updates, state, params=None, **extra_args):
@@ -142,10 +159,13 @@ def safe_increment(count: jax.typing.ArrayLike) -> jax.Array:
     dtype = count.dtype
     if jnp.issubdtype(dtype, jnp.integer):
         max_value = jnp.iinfo(dtype).max
-    else:
+    elif jnp.issubdtype(dtype, jnp.floating):
         max_value = jnp.finfo(dtype).max
-    one = jnp.array(1, dtype=dtype)
-    return jnp.where(count < max_value, count + one, jnp.array(max_value, dtype=dtype))
+    else:
+        raise ValueError(f"safe_increment counts in an integer or floating dtype, got a count of "
+                         f"dtype {dtype}.")
+    max_value = jnp.array(max_value, dtype=dtype)  # uint32/uint64 maxima overflow a Python int
+    return jnp.where(count < max_value, count + jnp.array(1, dtype=dtype), max_value)
 
 
 safe_int32_increment = safe_increment

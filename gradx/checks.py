@@ -17,7 +17,8 @@ def _concrete(value: Any) -> Optional[float]:
         array = np.asarray(value)
     except Exception:  # noqa: BLE001 - anything that is not an array is not checked
         return None
-    if array.dtype.kind not in "biuf" or array.size != 1:
+    numeric = array.dtype.kind in "biuf" or jax.dtypes.issubdtype(array.dtype, np.floating)
+    if not numeric or array.size != 1:  # bfloat16 and float8 are numpy kind 'V'
         return None
     return float(array.reshape(()))
 
@@ -45,6 +46,13 @@ def positive(name: str, value: Any) -> None:
     x = _concrete(value)
     if x is not None and not x > 0:
         raise ValueError(f"{name} must be > 0, got {name}={value!r}.")
+
+
+def finite(name: str, value: Any) -> None:
+    """Not NaN or infinite (a step size, a weight decay: any sign allowed)."""
+    x = _concrete(value)
+    if x is not None and not np.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {name}={value!r}.")
 
 
 def one_of(name: str, value: Any, choices: Iterable[Any]) -> None:

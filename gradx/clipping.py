@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from gradx import checks
 from gradx.base import EmptyState, GradientTransformation
 from gradx.leafwise import leafwise
-from gradx.plumbing import abs_sq, global_norm, leaf_rms
+from gradx.plumbing import abs_sq, floored_sqrt, global_norm, leaf_rms
 
 Axis = Optional[Union[int, tuple[int, ...]]]
 
@@ -24,15 +24,24 @@ def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
 
 
 def rms_clipped(u: jax.Array, threshold, rms_of: Optional[jax.Array] = None) -> jax.Array:
-    """``u / max(1, rms(rms_of) / threshold)``, with ``rms_of`` the same values as ``u`` (by
-    default ``u`` itself; a rule that can recompute ``u`` from ``gradx.plumbing.separate``
-    inputs passes that, so that ``u`` is not written to memory for the reduction)."""
-    return u / jnp.maximum(1.0, leaf_rms(u if rms_of is None else rms_of) / threshold)
+    """``u / max(1, rms(rms_of) / threshold)``, with ``rms_of`` the same values as ``u``.
+
+    By default ``rms_of`` is ``u`` itself, whose RMS is scaled against overflow and underflow
+    (``gradx.plumbing.scaled_squares``). A rule that can recompute ``u`` from
+    ``gradx.plumbing.separate`` inputs passes that instead, so that ``u`` is not written to
+    memory for the reduction; that RMS is one plain pass, as Optax's (a rescaling pass would
+    need ``u`` in memory)."""
+    if rms_of is None:
+        rms = leaf_rms(u)
+    else:
+        rms = floored_sqrt(jnp.mean(abs_sq(rms_of)))
+    return u / jnp.maximum(1.0, rms / threshold)
 
 
 def clip_by_block_rms(threshold: jax.typing.ArrayLike) -> GradientTransformation:
     """Per leaf ``u = g / max(1, rms(g) / threshold)``: each leaf's RMS is at most ``threshold``
-    (Adafactor's update clipping, Shazeer & Stern 2018). Same as Optax.
+    (Adafactor's update clipping, Shazeer & Stern 2018). Same as Optax, except that the RMS is
+    right at any magnitude (Optax's squares overflow: a gradient of 1e21s is clipped to 0).
 
     Fed by another rule, the reduction makes XLA write that rule's output to memory first (a
     full-size temporary per leaf); ``scale_by_factored_rms(clipping_threshold=...)`` clips
@@ -133,6 +142,16 @@ def _check_batch_dim(grads, name: str) -> None:
                          f"axis 0, got shapes {jax.tree.map(jnp.shape, grads)}.")
 
 
+def per_example_clip_factors(grads, l2_norm_clip: jax.typing.ArrayLike,
+                             name: str = "per_example_global_norm_clip") -> jax.Array:
+    """``min(1, C/‖g_i‖)`` for each example ``i`` (axis 0 of every leaf; global norms), 1 where
+    it is NaN (``0/0``); ``name`` is the caller named by the errors."""
+    _check_batch_dim(grads, name)
+    checks.non_negative("l2_norm_clip", l2_norm_clip)
+    norms = jax.vmap(global_norm)(grads)
+    return jnp.nan_to_num(jnp.minimum(l2_norm_clip / norms, 1.0), nan=1.0)
+
+
 def per_example_global_norm_clip(grads, l2_norm_clip: jax.typing.ArrayLike):
     """Clips each example's gradient (axis 0 of every leaf) to global norm ``l2_norm_clip`` and
     sums over examples (DP-SGD, Abadi et al. 2016).
@@ -140,10 +159,7 @@ def per_example_global_norm_clip(grads, l2_norm_clip: jax.typing.ArrayLike):
     Returns ``(clipped_sum, num_clipped)``: ``Σ_i g_i · min(1, C/‖g_i‖)`` (factor 1 when it is
     NaN, e.g. ``0/0``) and the number of examples whose factor was < 1. A plain function, as Optax.
     """
-    _check_batch_dim(grads, "per_example_global_norm_clip")
-    checks.non_negative("l2_norm_clip", l2_norm_clip)
-    norms = jax.vmap(global_norm)(grads)
-    factors = jnp.nan_to_num(jnp.minimum(l2_norm_clip / norms, 1.0), nan=1.0)
+    factors = per_example_clip_factors(grads, l2_norm_clip)
     clipped_sum = jax.tree.map(lambda g: jnp.tensordot(factors, g, axes=1), grads)
     return clipped_sum, jnp.sum(factors < 1.0)
 

@@ -2,6 +2,7 @@
 
 from collections import OrderedDict
 
+from gradx import tree_use
 from gradx.base import GradientTransformation, GradientTransformationExtraArgs, with_extra_args_support
 
 
@@ -20,6 +21,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
       >>> print(np.asarray(updates["w"], float).round(4))  # clipped to norm 1, then scaled
       [-0.06 -0.08]
     """
+    declared = transforms
     transforms = tuple(with_extra_args_support(t) for t in transforms)
 
     def init(params):
@@ -35,7 +37,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
             new_state.append(s)
         return updates, tuple(new_state)
 
-    return GradientTransformationExtraArgs(init, update)
+    return tree_use.declare(
+        GradientTransformationExtraArgs(init, update), tree_use.ELEMENTWISE, "chain",
+        inner=declared, rebuild=lambda convert, _: chain(*map(convert, range(len(declared)), declared)))
 
 
 def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformationExtraArgs:
@@ -43,6 +47,7 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
     names = [name for name, _ in transforms]
     if len(set(names)) != len(names):
         raise ValueError(f"named_chain needs distinct names, got {names}.")
+    declared = tuple(t for _, t in transforms)
     transforms = [(name, with_extra_args_support(t)) for name, t in transforms]
 
     def init(params):
@@ -54,4 +59,7 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
             updates, new_state[name] = t.update(updates, state[name], params, **extra_args)
         return updates, new_state
 
-    return GradientTransformationExtraArgs(init, update)
+    return tree_use.declare(
+        GradientTransformationExtraArgs(init, update), tree_use.ELEMENTWISE, "named_chain",
+        inner=declared, rebuild=lambda convert, _: named_chain(
+            *((name, convert(i, t)) for i, (name, t) in enumerate(zip(names, declared)))))

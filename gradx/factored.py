@@ -16,7 +16,7 @@ from gradx import checks
 from gradx.base import GradientTransformation, Updates
 from gradx.leafwise import Moment, leafwise
 from gradx.clipping import rms_clipped
-from gradx.plumbing import abs_sq, separate
+from gradx.plumbing import abs_sq, filled_like, separate
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,8 +120,7 @@ def scale_by_factored_rms(
             dims = _factored_dims(p.shape, factored, min_dim_size_to_factor)
             if (dims is None) != (axis is None):
                 return jnp.zeros((1,), p.dtype)
-            kept = [n for i, n in enumerate(p.shape) if axis is None or i != dims[axis]]
-            return jnp.zeros(tuple(kept), p.dtype)
+            return filled_like(p, 0, drop_axes=() if axis is None else (dims[axis],))
 
         return init
 
@@ -202,8 +201,10 @@ def scale_by_sm3(b1=0.9, b2=1.0, eps=1e-8) -> GradientTransformation:
     def init_accumulators(p):
         if jnp.issubdtype(p.dtype, jnp.complexfloating):
             raise ValueError("scale_by_sm3 does not support complex parameters.")
-        shapes = [p.shape] if len(p.shape) < 2 else [(n,) for n in p.shape]
-        return [jnp.zeros(s, p.dtype) for s in shapes]
+        if p.ndim < 2:
+            return [filled_like(p, 0)]
+        return [filled_like(p, 0, drop_axes=[j for j in range(p.ndim) if j != i])
+                for i in range(p.ndim)]
 
     def rule(g, mu, nu):
         gain = jnp.where(jnp.asarray(b2) == 1, 1.0, 1 - b2)

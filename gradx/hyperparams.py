@@ -12,6 +12,7 @@ with every numeric hyperparameter held in the state as a float32 array (float64 
   ``partition``, together with the telemetry that ``with_telemetry`` records.
 """
 
+import functools
 import inspect
 from typing import Any, Callable, NamedTuple, Optional, Union
 
@@ -19,33 +20,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradx import plumbing
+from gradx import plumbing, tree_use
 from gradx.base import (GradientTransformation, GradientTransformationExtraArgs, StatefulSchedule,
                         safe_increment, with_extra_args_support)
 
 __all__ = [
-    "WrappedSchedule", "InjectHyperparamsState", "InjectStatefulHyperparamsState",
+    "WrappedScheduleState", "WrappedSchedule", "InjectHyperparamsState", "InjectStatefulHyperparamsState",
     "inject_hyperparams", "inject_stateful_hyperparams", "TelemetryState", "with_telemetry",
     "read_state", "set_hyperparams", "register_readable_state",
 ]
 
 
+class WrappedScheduleState(NamedTuple):
+    """The state of a ``WrappedSchedule``: the step count (Optax's class, so that
+    ``tree_get(state, 'learning_rate', filtering=...)`` tells the value from the schedule's
+    state as in Optax)."""
+
+    count: jax.Array
+
+
 class WrappedSchedule:
-    """A count-based schedule seen as a stateful one: the state is the step count."""
+    """A count-based schedule seen as a stateful one: the state is
+    ``WrappedScheduleState(count)``, as in Optax (so injected states restore across the two)."""
 
-    def __init__(self, schedule: Callable[[jax.Array], Any]):
-        self.schedule = schedule
+    def __init__(self, schedule_fn: Callable[[jax.Array], Any]):
+        self.schedule_fn = schedule_fn
 
-    def init(self) -> jax.Array:
-        return jnp.zeros([], jnp.int32)
+    def init(self) -> WrappedScheduleState:
+        return WrappedScheduleState(count=jnp.zeros([], jnp.int32))
 
-    def update(self, state, **extra_args):
+    def update(self, state: WrappedScheduleState, **extra_args) -> WrappedScheduleState:
         del extra_args
-        return safe_increment(state)
+        return WrappedScheduleState(count=safe_increment(state.count))
 
-    def __call__(self, state, **extra_args):
+    def __call__(self, state: WrappedScheduleState, **extra_args):
         del extra_args
-        return self.schedule(state)
+        return self.schedule_fn(state.count)
 
 
 class InjectHyperparamsState(NamedTuple):
@@ -143,7 +153,20 @@ def inject_hyperparams(inner_factory: Callable[..., GradientTransformation],
                 count=safe_increment(state.count), hyperparams=values,
                 hyperparams_states=schedule_states, inner_state=inner_state)
 
-        return GradientTransformationExtraArgs(init, update)
+        def initial_inner():  # the inner transformation as init builds it
+            values = {k: _as_hyperparam(v, dtype) for k, v in numeric.items()}
+            values.update({k: s(s.init()) for k, s in schedules.items()})
+            return (inner_factory(**static, **values),)
+
+        def rebuild(convert, _):
+            converted = functools.wraps(inner_factory)(
+                lambda *a, **k: convert(0, inner_factory(*a, **k)))
+            return inject_hyperparams(converted, tuple(static_args), hyperparam_dtype)(
+                *args, **kwargs)
+
+        return tree_use.declare(GradientTransformationExtraArgs(init, update),
+                                tree_use.ELEMENTWISE, f"inject_hyperparams({factory.__name__})",
+                                inner=initial_inner, rebuild=rebuild)
 
     factory.__name__ = getattr(inner_factory, "__name__", "inject_hyperparams")
     factory.__doc__ = inner_factory.__doc__
@@ -174,7 +197,7 @@ def with_telemetry(inner: GradientTransformation) -> GradientTransformationExtra
     global norm that ``clip_by_global_norm`` computes is the same expression and is computed once).
     Read them with ``read_state(state)``; ``params`` are needed for the parameter norm (0 without).
     """
-    inner = with_extra_args_support(inner)
+    declared, inner = inner, with_extra_args_support(inner)
 
     def init(params):
         zero = jnp.zeros([], jnp.float32)
@@ -192,7 +215,9 @@ def with_telemetry(inner: GradientTransformation) -> GradientTransformationExtra
         return new_updates, TelemetryState(grad_norm, update_norm, param_norm, ratio, nonfinite,
                                            safe_increment(state.steps), inner_state)
 
-    return GradientTransformationExtraArgs(init, update)
+    return tree_use.declare(GradientTransformationExtraArgs(init, update), tree_use.GLOBAL,
+                            "with_telemetry", inner=(declared,),
+                            rebuild=lambda convert, _: with_telemetry(convert(0, declared)))
 
 
 # Readable states: wrapper states whose scalar fields ``read_state`` reports (telemetry here;

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from gradx import checks, plumbing
 from gradx.base import NO_PARAMS_MSG, GradientTransformation, Params, Updates, safe_increment
 from gradx.linesearch import add_scaled, real_vdot
-from gradx.plumbing import squared_norm
+from gradx.plumbing import squared_norm, zeros_like
 
 
 class ScaleByLBFGSState(NamedTuple):
@@ -89,11 +89,12 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> Gr
     checks.positive("memory_size", memory_size)
 
     def init(params):
-        stacked_zeros = jax.tree.map(lambda p: jnp.zeros((memory_size,) + p.shape, p.dtype), params)
+        stacked_zeros = jax.tree.map(  # sharded like the params along their own axes
+            lambda z: jnp.broadcast_to(z, (memory_size,) + z.shape), zeros_like(params))
         return ScaleByLBFGSState(
             count=jnp.asarray(0, jnp.int32),
-            params=jax.tree.map(jnp.zeros_like, params),
-            updates=jax.tree.map(jnp.zeros_like, params),
+            params=zeros_like(params),
+            updates=zeros_like(params),
             diff_params_memory=stacked_zeros,
             diff_updates_memory=stacked_zeros,
             weights_memory=jnp.zeros(memory_size))

@@ -42,7 +42,10 @@ Each case in two lines:
     return {"std": std, "key": PerLeaf(keys)}, {"rng_key": rng_key}      # the rule gets one key
 
 A rule marked ``elementwise=True`` uses no reduction over its leaf (and no ``PerLeaf`` value),
-so the same function can also run over a flat buffer holding many leaves at once.
+so the same function can also run over a flat buffer holding many leaves at once; step scalars
+computed from the trees (``step_inputs``) must then reduce over the whole tree (a global norm),
+never leaf by leaf. The transformation declares which it is (``gradx.tree_use``), with its
+``LeafwiseSpec`` (the rule, its moments and the flag), which is what ``gradx.fused`` reads.
 """
 
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -50,7 +53,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from gradx import plumbing
+from gradx import plumbing, tree_use
 from gradx.base import (NO_PARAMS_MSG, GradientTransformation, GradientTransformationExtraArgs,
                         safe_increment)
 
@@ -73,13 +76,35 @@ class Moment(NamedTuple):
     def init_leaf(self, p):
         if callable(self.init):
             return plumbing.cast(self.init(p), self.dtype)
-        return jnp.full(jnp.shape(p), self.init, self.dtype or jnp.result_type(p))
+        dtype = self.dtype or jnp.result_type(p)
+        if not jnp.issubdtype(dtype, jnp.inexact):  # integer params: a float state from init
+            dtype = jnp.result_type(float)
+        return plumbing.filled_like(p, self.init, dtype)
 
 
 class PerLeaf(NamedTuple):
     """A step scalar with one value per leaf, in flattening order: leaf ``i`` gets ``values[i]``."""
 
     values: Any
+
+
+class LeafwiseSpec(NamedTuple):
+    """The parts a ``leafwise`` transformation was built from (its declaration's ``spec``)."""
+
+    rule: Callable[..., Any]
+    state_cls: type
+    moments: tuple
+    step_scalars: Optional[Callable[..., Any]]
+    needs_params: bool
+    elementwise: bool
+    step_inputs: tuple
+    carry: dict
+
+    @property
+    def per_element(self) -> bool:
+        """The rule acts on each element on its own and every moment is a full-size buffer, so
+        it gives the same numbers on a flat buffer holding many leaves."""
+        return self.elementwise and not any(callable(m.init) for m in self.moments)
 
 
 def debias_factor(decay, count) -> jax.Array:
@@ -92,10 +117,43 @@ def debias_factor(decay, count) -> jax.Array:
     return 1 - decay ** count
 
 
-def _like(new, old):
-    """``new`` as an array in ``old``'s dtype."""
-    new, dtype = jnp.asarray(new), jnp.result_type(old)
-    return new if new.dtype == dtype else new.astype(dtype)
+def _check_lossless(new, old, what: str, updates, index: int) -> None:
+    """Raises ``TypeError`` naming the leaf when keeping ``old``'s dtype would silently lose
+    ``new``'s values: complex into real (complex gradients for real params), or floating-point
+    into an integer (a state given an integer dtype)."""
+    new_dtype, old_dtype = jnp.result_type(new), jnp.result_type(old)
+    if jnp.issubdtype(new_dtype, jnp.complexfloating) and not jnp.issubdtype(
+            old_dtype, jnp.complexfloating) and jnp.issubdtype(old_dtype, jnp.inexact):
+        loss = "its imaginary parts would be dropped"
+    elif jnp.issubdtype(new_dtype, jnp.inexact) and not jnp.issubdtype(old_dtype, jnp.inexact):
+        loss = "the values would be truncated to integers"
+    else:
+        return
+    path = plumbing.leaf_paths(updates, lambda x: x is None)[index]
+    source = "the gradients' dtype" if what == "updates" else "init built it from the params"
+    raise TypeError(
+        f"{what} at '{path}' is {old_dtype} ({source}) and this update gives it {new_dtype} "
+        f"values: {loss}. Use floating-point (or complex) params and gradients of one kind, "
+        "or leave the leaf out with gradx.masked / gradx.partition.")
+
+
+def _compiled(step_scalars: Callable[..., Any]) -> Callable[..., Any]:
+    """``step_scalars`` under ``jax.jit(inline=True)``, as Optax jits its bias correction.
+
+    Inside a jitted update it is inlined (the same program); outside ``jit`` it runs as one
+    cached program instead of op by op, where ``b1 ** count`` on a concrete count compiles a new
+    ``integer_pow`` at every step and rounds differently from the jitted update. A function that
+    cannot be traced (a schedule branching on the count in Python) runs as it is.
+    """
+    compiled = jax.jit(step_scalars, inline=True)
+
+    def call(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except jax.errors.ConcretizationTypeError:
+            return step_scalars(*args, **kwargs)
+
+    return call
 
 
 def leafwise(
@@ -114,14 +172,21 @@ def leafwise(
 
     Args:
       rule: ``rule(g, [p,] *moments, **scalars)`` returns the update leaf, or a tuple of the
-        update leaf and the new moment leaves.
+        update leaf and the new moment leaves. A ``None`` update leaf (or ``updates=None``)
+        is not given to the rule: it stays ``None`` and its state is kept, as Optax passes
+        ``None`` updates through. Integer params get a float state (the default float dtype)
+        from ``init`` and integer gradients float updates (Optax's promotion, without its
+        state changing dtype at the first step); a value that a state's or the updates' dtype
+        cannot hold (complex gradients on real params) raises ``TypeError`` naming the leaf.
       state_cls: NamedTuple holding ``count_field`` (if it has that field), one tree per moment
         and the ``carry`` fields; other fields pass through. A state class without fields
         (``EmptyState``) passes the incoming state through, as Optax's stateless blocks.
       moments: the per-leaf state, in the order the rule takes and returns it.
       step_scalars: ``step_scalars(count, **inputs)`` with ``count`` the step number after the
         increment (1 on the first update; ``None`` without a count field) returns the keyword
-        scalars of the rule; a ``PerLeaf`` value gives each leaf its own.
+        scalars of the rule; a ``PerLeaf`` value gives each leaf its own. It runs under
+        ``jax.jit(inline=True)`` (unless it takes ``extra_args``), so an update outside ``jit``
+        compiles it once and gets the jitted numbers.
       needs_params: pass each parameter leaf to the rule after ``g``.
       elementwise: the rule uses no reduction over its leaf.
       count_field: the state's step-count field.
@@ -145,12 +210,18 @@ def leafwise(
             fields[count_field] = jnp.zeros([], jnp.int32)
         return state_cls(**fields)
 
+    compiled_scalars = None if step_scalars is None else _compiled(step_scalars)
+
     def scalars_for(count, state, updates, params, extra_args):
         trees = {"state": state, "updates": updates, "params": params}
         inputs = {name: trees[name] for name in step_inputs if name != "extra_args"}
-        inputs.update(extra_args)
         inputs.update({name: getattr(state, name) for name in carry})
-        out = step_scalars(count, **inputs) if step_scalars is not None else {}
+        if step_scalars is None:
+            out = {}
+        elif "extra_args" in step_inputs:  # any Python object may come in: no jit
+            out = step_scalars(count, **inputs, **extra_args)
+        else:
+            out = compiled_scalars(count, **inputs)
         return out if carry else (out, {})
 
     def update(updates, state, params=None, **extra_args):
@@ -166,15 +237,27 @@ def leafwise(
                                                           shaped=shaped)
         new_updates, new_moments = [], [[] for _ in names]
         for i, leaves in enumerate(zip(*leaf_lists)):
+            if leaves[0] is None:  # a None update passes through, its state untouched (Optax)
+                new_updates.append(None)
+                for slot, old in zip(new_moments, leaves[1 + needs_params:]):
+                    slot.append(old)
+                continue
             out = rule(*leaves, **{**scalars, **{k: v[i] for k, v in per_leaf.items()}})
             u, outs = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
-            new_updates.append(_like(u, leaves[0]))
-            for slot, new, old in zip(new_moments, outs, leaves[1 + needs_params:]):
-                slot.append(jax.tree.map(_like, new, old))
+            g = leaves[0]
+            if jnp.issubdtype(jnp.result_type(g), jnp.inexact):
+                _check_lossless(u, g, "updates", updates, i)
+                u = plumbing.cast_like(u, g)
+            new_updates.append(jnp.asarray(u))  # integer gradients: float updates, as Optax
+            for slot, name, new, old in zip(new_moments, names, outs, leaves[1 + needs_params:]):
+                jax.tree.map(lambda n, o, name=name: _check_lossless(n, o, f"state.{name}",
+                                                                      updates, i), new, old)
+                slot.append(jax.tree.map(plumbing.cast_like, new, old))
         if not state_cls._fields:
             return treedef.unflatten(new_updates), state
         fields = {n: treedef.unflatten(leaves) for n, leaves in zip(names, new_moments)}
-        fields.update({k: jax.tree.map(_like, v, getattr(state, k)) for k, v in carried.items()})
+        fields.update({k: jax.tree.map(plumbing.cast_like, v, getattr(state, k))
+                       for k, v in carried.items()})
         if has_count:
             fields[count_field] = count
         for field in state_cls._fields:
@@ -182,9 +265,24 @@ def leafwise(
         return treedef.unflatten(new_updates), state_cls(**fields)
 
     if "extra_args" in step_inputs:
-        return GradientTransformationExtraArgs(init, update)
+        tx = GradientTransformationExtraArgs(init, update)
+    else:
+        def update_without_extra_args(updates, state, params=None):
+            return update(updates, state, params)
 
-    def update_without_extra_args(updates, state, params=None):
-        return update(updates, state, params)
+        tx = GradientTransformation(init, update_without_extra_args)
+    spec = LeafwiseSpec(rule, state_cls, tuple(moments), step_scalars, needs_params, elementwise,
+                        tuple(step_inputs), dict(carry))
+    kind = (tree_use.PER_LEAF if not spec.per_element
+            else tree_use.GLOBAL if {"updates", "params"} & set(step_inputs)
+            else tree_use.ELEMENTWISE)
+    return tree_use.declare(tx, kind, _name(rule, state_cls), spec=spec)
 
-    return GradientTransformation(init, update_without_extra_args)
+
+def _name(rule, state_cls) -> str:
+    """The function that built ``rule`` (``clip_by_block_rms`` for a lambda defined there), else
+    the rule's or the state class's name."""
+    qualname = getattr(rule, "__qualname__", "")
+    if ".<locals>" in qualname:
+        return qualname.split(".<locals>")[0]
+    return qualname or state_cls.__name__

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from gradx import checks
 from gradx.base import (NO_PARAMS_MSG, GradientTransformationExtraArgs, Params, Updates,
                         safe_increment)
-from gradx.plumbing import where
+from gradx.plumbing import where, zeros_like
+from gradx.tree_math import tree_vdot
 
 
 # ------------------------------------------------------------------------------------------------
@@ -31,9 +32,7 @@ from gradx.plumbing import where
 def real_vdot(x: Any, y: Any) -> jax.Array:
     """``Re Σ conj(x)·y`` over all the leaves of two trees of the same structure, summed leaf by
     leaf in flattening order with the highest matmul precision (as ``optax.tree.vdot``)."""
-    products = [jnp.tensordot(jnp.conj(a), b, jnp.ndim(a), precision=jax.lax.Precision.HIGHEST)
-                for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))]
-    return jnp.real(sum(products, 0))
+    return jnp.real(tree_vdot(x, y))
 
 
 def add_scaled(x: Any, scalar: jax.typing.ArrayLike, y: Any) -> Any:
@@ -76,6 +75,20 @@ def _violation(error: jax.Array) -> jax.Array:
     """How much a criterion ``error <= 0`` is violated: ``max(error, 0)``, and ``inf`` for NaN."""
     error = jnp.maximum(error, 0.0)
     return jnp.where(jnp.isnan(error), jnp.inf, error)
+
+
+# Optax's flags, printed verbatim by the zoom search with ``verbose=True`` (tests look for them).
+FLAG_INTERVAL_NOT_FOUND = ("No interval satisfying curvature condition. Consider increasing "
+                           "maximal possible stepsize of the linesearch.")
+FLAG_INTERVAL_TOO_SMALL = "Length of searched interval has been reduced below threshold."
+FLAG_CURVATURE_COND_NOT_SATISFIED = ("Returning stepsize with sufficient decrease but curvature "
+                                     "condition not satisfied.")
+FLAG_NO_STEPSIZE_FOUND = "Linesearch failed, no stepsize satisfying sufficient decrease found."
+FLAG_NOT_A_DESCENT_DIRECTION = ("The linesearch failed because the provided direction is not a "
+                                "descent direction. ")
+_ZOOM_INFO = ("INFO: gradx.scale_by_zoom_linesearch:\nValue at current params: {value_init}\n"
+              "Slope along update direction: {slope_init}\nStepsize reached: {stepsize}\n"
+              "Decrease Error: {decrease_error}\nCurvature Error: {curvature_error}")
 
 
 def _print_if(condition, message: str, **values) -> None:
@@ -155,7 +168,7 @@ def scale_by_backtracking_linesearch(
         return ScaleByBacktrackingLinesearchState(
             learning_rate=jnp.array(1.0, dtype),
             value=jnp.array(jnp.inf, dtype),
-            grad=jax.tree.map(jnp.zeros_like, params) if store_grad else None,
+            grad=zeros_like(params) if store_grad else None,
             info=BacktrackingLinesearchInfo(num_linesearch_steps=jnp.asarray(0),
                                             decrease_error=jnp.array(jnp.inf, dtype)))
 
@@ -181,9 +194,12 @@ def scale_by_backtracking_linesearch(
                                       decrease_factor * search.learning_rate, search.learning_rate)
             new_value = jnp.asarray(objective(add_scaled(params, learning_rate, updates)))
             new_value = new_value.astype(dtype)
-            return search._replace(learning_rate=learning_rate, new_value=new_value,
-                                   decrease_error=decrease_error(learning_rate, new_value),
-                                   iter_num=search.iter_num + 1)
+            # Hyperparameters given as arrays of another dtype (float64 under x64) must not
+            # change the carry's dtypes: cast back, as Optax does.
+            return _cast_like(search._replace(
+                learning_rate=learning_rate, new_value=new_value,
+                decrease_error=decrease_error(learning_rate, new_value),
+                iter_num=search.iter_num + 1), search)
 
         guess = jnp.minimum(increase_factor * state.learning_rate, max_learning_rate).astype(dtype)
         search = BacktrackingLineSearchState(
@@ -199,10 +215,12 @@ def scale_by_backtracking_linesearch(
         learning_rate = jnp.where(jnp.isinf(search.decrease_error), 0.0, tried)
         if verbose:
             _print_if(search.decrease_error > atol,
-                      "INFO: gradx.scale_by_backtracking_linesearch: no step size with sufficient "
-                      "decrease found.\nValue at current params: {value}\nSlope along update "
-                      "direction: {slope}\nStepsize: {stepsize}\nDecrease Error: {error}",
-                      value=value, slope=slope, stepsize=tried, error=search.decrease_error)
+                      "INFO: gradx.scale_by_backtracking_linesearch:\nBacktracking linesearch "
+                      "failed to find a stepsize ensuring sufficient decrease.\nValue at current "
+                      "params: {value},\nSlope along update direction: {slope}\nStepsize: "
+                      "{stepsize}\nDecrease Error: {decrease_error}",
+                      value=value, slope=slope, stepsize=tried,
+                      decrease_error=search.decrease_error)
             _print_if(jnp.isinf(search.decrease_error),
                       "Using a stepsize of 0 to avoid infinite or nan values.")
         new_updates = jax.tree.map(lambda u: (learning_rate * u).astype(u.dtype), updates)
@@ -357,8 +375,11 @@ class _ZoomSearch:
         return ~(state.done | state.failed)
 
     def step(self, state: ZoomLinesearchState) -> ZoomLinesearchState:
-        state = jax.lax.cond(state.interval_found, self._zoom_step, self._bracket_step, state)
-        return jax.lax.cond(state.failed, self._fall_back_to_safe_step, lambda s: s, state)
+        # Both branches, and the loop's carry, keep the carry's dtypes whatever dtype the
+        # hyperparameters have (float64 arrays under x64, as in Optax's own tests).
+        new = jax.lax.cond(state.interval_found, lambda s: _cast_like(self._zoom_step(s), s),
+                           lambda s: _cast_like(self._bracket_step(s), s), state)
+        return jax.lax.cond(new.failed, self._fall_back_to_safe_step, lambda s: s, new)
 
     def run(self) -> ZoomLinesearchState:
         return jax.lax.while_loop(self.keep_going, self.step, self.initial_state())
@@ -396,9 +417,10 @@ class _ZoomSearch:
         stuck_at_max = at_max & ~interval_found
         done = acceptable | stuck_at_max
         if c.verbose:
-            _print_if(stuck_at_max, "INFO: gradx.scale_by_zoom_linesearch: no interval satisfying "
-                      "the curvature condition below the maximal step size {stepsize}; returning "
-                      "a step with sufficient decrease only.", stepsize=stepsize)
+            _print_if(stuck_at_max, _ZOOM_INFO + "\n" + FLAG_INTERVAL_NOT_FOUND + "\n"
+                      + FLAG_CURVATURE_COND_NOT_SATISFIED, value_init=self.value_init,
+                      slope_init=self.slope_init, stepsize=stepsize,
+                      decrease_error=decrease_error, curvature_error=curvature_error)
         return state._replace(
             count=safe_increment(state.count), stepsize=stepsize, value=value, grad=grad,
             slope=slope, decrease_error=decrease_error, curvature_error=curvature_error,
@@ -454,9 +476,6 @@ class _ZoomSearch:
         # Give up at the step limit, or when the interval is tiny and a sufficient-decrease
         # step is already known (without one, keep shrinking: very steep functions need it).
         give_up = (state.count + 1 >= c.max_steps) | (too_small & (safe[0] > 0.0))
-        if c.verbose:
-            _print_if(too_small & ~done, "INFO: gradx.scale_by_zoom_linesearch: length of "
-                      "searched interval has been reduced below threshold.")
         return state._replace(
             count=safe_increment(state.count), stepsize=middle, value=value, grad=grad,
             slope=slope, decrease_error=decrease_error, curvature_error=curvature_error,
@@ -477,20 +496,44 @@ class _ZoomSearch:
                                       (state.safe_stepsize, state.safe_value, state.safe_grad),
                                       (state.stepsize, state.value, state.grad))
         if self.config.verbose:
-            jax.debug.print(
-                "INFO: gradx.scale_by_zoom_linesearch: the line search failed.\n"
-                "Value at current params: {value}\nSlope along update direction: {slope}\n"
-                "Stepsize reached: {stepsize}\nDecrease Error: {decrease}\n"
-                "Curvature Error: {curvature}", value=self.value_init, slope=self.slope_init,
-                stepsize=state.stepsize, decrease=state.decrease_error,
-                curvature=state.curvature_error, ordered=True)
-            _print_if(state.safe_stepsize > 0.0, "Returning stepsize with sufficient decrease "
-                      "but curvature condition not satisfied: {s}.", s=state.safe_stepsize)
-            _print_if(self.slope_init >= 0.0, "The update direction is not a descent direction "
-                      "(slope {s} at stepsize 0 should be negative).", s=self.slope_init)
-            _print_if(outside_domain, "Cannot make a step without getting inf or nan: no step "
-                      "is taken.")
+            self._print_failure(state)
         return state._replace(stepsize=stepsize, value=value, grad=grad)
+
+    def _print_failure(self, state: ZoomLinesearchState) -> None:
+        """Optax's diagnostics of a failed search, with its flags."""
+        jax.debug.print(_ZOOM_INFO, value_init=self.value_init, slope_init=self.slope_init,
+                        stepsize=state.stepsize, decrease_error=state.decrease_error,
+                        curvature_error=state.curvature_error, ordered=True)
+        interval_length = jnp.abs(state.low - state.high)
+        _print_if(interval_length <= self.config.interval_threshold,
+                  FLAG_INTERVAL_TOO_SMALL + " Interval length: {interval_length}.",
+                  interval_length=interval_length)
+        _print_if(state.safe_stepsize > 0.0, FLAG_CURVATURE_COND_NOT_SATISFIED
+                  + " Stepsize ensuring sufficient decrease: {safe_stepsize}.",
+                  safe_stepsize=state.safe_stepsize)
+        failed = state.safe_stepsize <= 0.0
+        descent = self.slope_init < 0.0
+        eps = jnp.finfo(jnp.float32).eps
+        outside_domain = jnp.isinf(state.decrease_error)
+        _print_if(failed, FLAG_NO_STEPSIZE_FOUND)
+        _print_if(failed & ~descent, FLAG_NOT_A_DESCENT_DIRECTION + "The slope (={slope_init}) "
+                  "at stepsize=0 should be negative", slope_init=self.slope_init)
+        _print_if(failed & descent, "Consider augmenting the maximal number of linesearch "
+                  "iterations.")
+        _print_if(failed & descent & (state.stepsize < eps), "Computed stepsize (={stepsize}) "
+                  "is below machine precision (={eps}), consider passing to higher precision "
+                  "like x64, using jax.config.update('jax_enable_x64', True).",
+                  stepsize=state.stepsize, eps=eps)
+        _print_if(failed & descent & (jnp.abs(self.slope_init) > 1e16), "Very large absolute "
+                  "slope at stepsize=0. (|slope|={abs_slope_init}). The objective is badly "
+                  "conditioned. Consider reparameterizing objective (e.g., normalizing "
+                  "parameters) or finding a better guess for the initial parameters for the "
+                  "solver.", abs_slope_init=jnp.abs(self.slope_init))
+        _print_if(failed & outside_domain, "Cannot even make a step without getting Inf or Nan. "
+                  "The linesearch won't make a step and the optimizer is stuck.")
+        _print_if(failed & ~outside_domain, "Making an unsafe step, not decreasing enough the "
+                  "objective. Convergence of the solver is compromised as it does not reduce "
+                  "values.")
 
 
 def scale_by_zoom_linesearch(
@@ -527,6 +570,9 @@ def scale_by_zoom_linesearch(
     References: Nocedal & Wright, Numerical Optimization (1999), Algorithms 3.5 and 3.6;
     Hager & Zhang, Algorithm 851: CG_DESCENT (2006).
 
+    ``verbose=True`` prints Optax's diagnostics and its flags (``gradx.linesearch.FLAG_*``, the
+    same texts) when the search fails, naming gradx's function.
+
     Differs from Optax: hyperparameters (including ``initial_guess_strategy``) are validated at
     construction instead of at the first update; ``value_fn`` taking ``**kwargs`` receives every
     extra argument; step sizes and values are computed in at least float32 whatever dtype
@@ -535,8 +581,7 @@ def scale_by_zoom_linesearch(
     checks.positive("max_linesearch_steps", max_linesearch_steps)
     checks.positive("max_learning_rate", max_learning_rate)
     checks.non_negative("tol", tol)
-    checks.in_range("increase_factor", increase_factor, 1.0, float("inf"), low_open=True,
-                    high_open=False)
+    checks.positive("increase_factor", increase_factor)
     checks.in_range("slope_rtol", slope_rtol, 0.0, 1.0)
     checks.positive("curv_rtol", curv_rtol)
     checks.non_negative("approx_dec_rtol", approx_dec_rtol)
@@ -552,7 +597,7 @@ def scale_by_zoom_linesearch(
         return ScaleByZoomLinesearchState(
             learning_rate=jnp.asarray(1.0, dtype),
             value=jnp.asarray(jnp.inf, dtype),
-            grad=jax.tree.map(jnp.zeros_like, params),
+            grad=zeros_like(params),
             info=ZoomLinesearchInfo(num_linesearch_steps=jnp.asarray(0),
                                     decrease_error=jnp.asarray(jnp.inf),
                                     curvature_error=jnp.asarray(jnp.inf)))

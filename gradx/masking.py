@@ -9,6 +9,7 @@ from typing import Any, Callable, NamedTuple, Union
 
 import jax
 
+from gradx import tree_use
 from gradx.base import GradientTransformation, GradientTransformationExtraArgs, with_extra_args_support
 
 
@@ -39,17 +40,30 @@ def mask_tree(tree: Any, mask: Any) -> Any:
     return jax.tree.map(lambda keep, subtree: subtree if keep else MaskedNode(), mask, tree)
 
 
+def is_params_placeholder(params: Any) -> bool:
+    """Whether ``params`` is a placeholder node: a registered pytree node without children that
+    is no container (``optax.tree.map_params`` calls ``init`` with one to find which parts of
+    the state mirror the params)."""
+    if params is None or isinstance(params, (dict, list, tuple)):
+        return False
+    treedef = jax.tree.structure(params)
+    return treedef.num_leaves == 0 and treedef.num_nodes == 1
+
+
 def masked(inner: GradientTransformation, mask: Union[Any, Callable[[Any], Any]], *,
            mask_compatible_extra_args: bool = False) -> GradientTransformationExtraArgs:
     """Applies ``inner`` to the leaves where ``mask`` is True; the others pass through unchanged.
 
-    Same semantics and state (``MaskedState(inner_state)``) as ``optax.masked``. With
+    Same semantics and state (``MaskedState(inner_state)``) as ``optax.masked``; like Optax's,
+    ``init`` hands the placeholder of ``optax.tree.map_params`` down unmasked. With
     ``mask_compatible_extra_args=True``, extra arguments shaped like the updates are masked too.
     Mask values must be Python bools (static under ``jit``).
     """
-    inner = with_extra_args_support(inner)
+    declared, inner = inner, with_extra_args_support(inner)
 
     def init(params):
+        if is_params_placeholder(params):  # nothing to mask: hand it down, as Optax does
+            return MaskedState(inner_state=inner.init(params))
         return MaskedState(inner_state=inner.init(mask_tree(params, resolve_mask(mask, params))))
 
     def update(updates, state, params=None, **extra_args):
@@ -65,4 +79,9 @@ def masked(inner: GradientTransformation, mask: Union[Any, Callable[[Any], Any]]
                               mask_values, inner_updates, updates)
         return merged, MaskedState(inner_state=inner_state)
 
-    return GradientTransformationExtraArgs(init, update)
+    def rebuild(convert, masks):
+        return masked(convert(0, declared), masks[0],
+                      mask_compatible_extra_args=mask_compatible_extra_args)
+
+    return tree_use.declare(GradientTransformationExtraArgs(init, update), tree_use.BY_PATH,
+                            "masked", inner=(declared,), masks=(mask,), rebuild=rebuild)

@@ -10,7 +10,12 @@ A state leaf belongs to the parameter whose path is the longest suffix of the le
 (Adam's ``0/mu/dense/kernel`` belongs to ``dense/kernel``; Adafactor's row and column
 statistics too, though their shapes differ). Leaves that end in no parameter's path (step
 counts, scalars, PRNG keys) are counted as *shared*. The trailing ``.value`` of Flax NNX
-variables is ignored, so ``nnx.State`` params work as plain dicts do.
+variables is ignored, so ``nnx.State`` params work as plain dicts do. A state class that keeps
+per-parameter structures of other shapes (``gradx.matrix``'s factor stacks) names those fields in
+``PER_PARAM_FIELDS``: each parameter owns its own entry of such a field, and the buffer is the
+field. Such a class may also say how it treats each parameter (``memory_notes(params)``, one
+string per leaf), shown in the report's ``note`` column (e.g. a leaf Shampoo cannot
+precondition falls back to its graft).
 
 Textbook figures, as multiples of the params' bytes (``report.buffers_per_param``): SGD 0,
 SGD with momentum 1, Adam/AdamW/LAMB 2, Lion 1, Adafactor ``(rows + cols) / (rows * cols)``
@@ -24,6 +29,15 @@ Usage::
     report.total_bytes          # int
     report.buffers_per_param    # 2.0 for AdamW
 
+Per device: when the params carry shardings (``NamedSharding`` on arrays or on
+``ShapeDtypeStruct`` leaves), or given ``shardings=`` for the state (``gradx.sharding.
+zero1_shardings(...)``, or one sharding for every leaf), the report also gives the state bytes
+each device holds (``report.device_bytes``, ``report.max_device_bytes``), and lists the leaves
+whose sharding does not divide them, counted whole on each of its devices (``report.fallbacks``)::
+
+    report = memory_report(tx, params, shardings=gradx.sharding.zero1_shardings(tx, params, mesh))
+    report.max_device_bytes     # about 1/N of the replicated state over a data axis of size N
+
 Not in Optax.
 """
 
@@ -32,6 +46,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 import jax
 import numpy as np
 
+from gradx import fused
+from gradx import sharding as sharding_lib
 from gradx.base import GradientTransformation
 from gradx.groups import leaf_path
 from gradx.masking import resolve_mask
@@ -71,6 +87,7 @@ class ParamMemory(NamedTuple):
     param_bytes: int
     state_bytes: int
     group: Any = None
+    note: str = ""
 
 
 class MemoryReport(NamedTuple):
@@ -82,6 +99,9 @@ class MemoryReport(NamedTuple):
     ``entries``: state bytes per top-level entry of the state (the first key of each path).
     ``groups``: state bytes per parameter group (``None`` without ``labels``), shared leaves
     under ``"<shared>"``.
+    ``device_bytes``: state bytes held by each device, by device id (``None`` without
+    shardings); ``fallbacks``: the paths of the params and state leaves whose sharding does not
+    divide them, held whole (replicated over that sharding's devices) instead.
     """
 
     params: tuple
@@ -89,6 +109,8 @@ class MemoryReport(NamedTuple):
     entries: Mapping[str, int]
     groups: Optional[Mapping[Any, int]]
     shared_bytes: int
+    device_bytes: Optional[Mapping[int, int]] = None
+    fallbacks: tuple = ()
 
     @property
     def total_bytes(self) -> int:
@@ -116,14 +138,21 @@ class MemoryReport(NamedTuple):
         (SGD 0, momentum 1, Adam 2; shared leaves left out)."""
         return (self.total_bytes - self.shared_bytes) / max(self.param_bytes, 1)
 
+    @property
+    def max_device_bytes(self) -> Optional[int]:
+        """The most state bytes any one device holds (``None`` without shardings)."""
+        return max(self.device_bytes.values(), default=0) if self.device_bytes is not None else None
+
     def table(self) -> str:
         """The report as text: a row per parameter, per buffer, per entry, per group, totals."""
         with_groups = self.groups is not None
+        with_notes = any(p.note for p in self.params)
         header = ("param", "shape", "dtype", "param bytes", "state bytes", "state/param")
-        header += ("group",) if with_groups else ()
+        header += (("group",) if with_groups else ()) + (("note",) if with_notes else ())
         rows = [(p.path, str(p.shape), p.dtype, _fmt(p.param_bytes), _fmt(p.state_bytes),
                  f"{p.state_bytes / p.param_bytes:.3g}x" if p.param_bytes else "-")
-                + ((str(p.group),) if with_groups else ()) for p in self.params]
+                + ((str(p.group),) if with_groups else ()) + ((p.note,) if with_notes else ())
+                for p in self.params]
         sections = [_format_table(header, rows),
                     _format_table(("state buffer", "bytes"),
                                   [(k, _fmt(v)) for k, v in self.buffers.items()]),
@@ -132,6 +161,12 @@ class MemoryReport(NamedTuple):
         if with_groups:
             sections.append(_format_table(("group", "state bytes"),
                                           [(str(k), _fmt(v)) for k, v in self.groups.items()]))
+        if self.device_bytes is not None:
+            sections.append(_format_table(("device", "state bytes"), [
+                (str(d), _fmt(v)) for d, v in sorted(self.device_bytes.items())]))
+        if self.fallbacks:
+            sections.append("replicated (sharding does not divide them): "
+                            + ", ".join(self.fallbacks))
         sections.append(
             f"total state: {_fmt(self.total_bytes)} ({self.total_bytes:,} bytes) for "
             f"{self.num_params:,} parameters ({_fmt(self.param_bytes)}): "
@@ -143,16 +178,22 @@ class MemoryReport(NamedTuple):
 
 
 def memory_report(tx: GradientTransformation, params: Any, *,
-                  labels: Union[Any, Callable[[Any], Any], None] = None) -> MemoryReport:
+                  labels: Union[Any, Callable[[Any], Any], None] = None,
+                  shardings: Any = None) -> MemoryReport:
     """The bytes of ``tx.init(params)``, without allocating it (``jax.eval_shape``).
 
     ``params``: arrays or ``jax.ShapeDtypeStruct`` leaves (any pytree: dicts, ``FrozenDict``,
     ``nnx.State``). ``labels``: optional group labels, a tree with the params' structure (or a
     prefix of it) or a function ``params -> labels`` (e.g. ``gradx.groups.label_by_path``),
-    to add per-group totals. See ``MemoryReport`` for what is returned and the module
-    docstring for how state leaves are attributed to parameters. Not in Optax.
+    to add per-group totals. ``shardings``: the state's shardings (a tree of the state's
+    structure, or one sharding for every leaf); by default, when the params carry
+    ``NamedSharding``s, ``gradx.sharding.state_shardings(tx, params)``. See ``MemoryReport`` for
+    what is returned and the module docstring for how state leaves are attributed to
+    parameters. The state and params of ``gradx.fused`` are reported in the
+    reference layout (``gradx.fused.reference_like``). Not in Optax.
     """
-    state = jax.eval_shape(tx.init, params)
+    state = fused.reference_like(jax.eval_shape(tx.init, params))
+    params = fused.reference_like(params)
     param_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     owner = {_keys(p): i for i, (p, _) in enumerate(param_leaves)}
     group_of = [None] * len(param_leaves)
@@ -160,6 +201,7 @@ def memory_report(tx: GradientTransformation, params: Any, *,
         group_of = _broadcast_labels(resolve_mask(labels, params), params)
 
     state_bytes = [0] * len(param_leaves)
+    per_param, notes = _per_param_fields(state, params, len(param_leaves))
     top = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: x is not state)[0]
     entry_names = {_keys(p)[:1]: f"{leaf_path(p)} ({type(x).__name__})" for p, x in top}
     entries = {name: 0 for name in entry_names.values()}
@@ -167,8 +209,11 @@ def memory_report(tx: GradientTransformation, params: Any, *,
     groups = None if labels is None else {label: 0 for label in group_of}
     for key_path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         keys, size = _keys(key_path), leaf_nbytes(leaf)
-        index = _owner(owner, keys, leaf)
-        if index is None:
+        index, field = per_param.get(id(leaf), (_owner(owner, keys, leaf), None))
+        if field is not None:
+            buffer = field
+            state_bytes[index] += size
+        elif index is None:
             buffer = "/".join(keys) or "<root>"
             shared += size
         else:
@@ -182,13 +227,49 @@ def memory_report(tx: GradientTransformation, params: Any, *,
             group = SHARED if index is None else group_of[index]
             groups[group] = groups.get(group, 0) + size
 
+    device_bytes, fallbacks = _per_device(tx, params, state, shardings)
     rows = tuple(ParamMemory(path=leaf_path(p), shape=tuple(np.shape(x)),
                              dtype=str(leaf_dtype(x)),
                              param_bytes=leaf_nbytes(x), state_bytes=state_bytes[i],
-                             group=group_of[i])
+                             group=group_of[i], note=notes[i])
                  for i, (p, x) in enumerate(param_leaves))
     return MemoryReport(params=rows, buffers=buffers, entries=entries, groups=groups,
-                        shared_bytes=shared)
+                        shared_bytes=shared, device_bytes=device_bytes, fallbacks=fallbacks)
+
+
+def _per_device(tx, params, state, shardings):
+    """``(bytes per device id, fallback paths)`` of the state under ``shardings``, or
+    ``(None, ())`` when neither ``shardings`` nor the params' leaves give any."""
+    param_shardings = [(path, leaf, getattr(leaf, "sharding", None))
+                       for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
+    fallbacks = [leaf_path(path) for path, leaf, sharding in param_shardings
+                 if sharding is not None
+                 and sharding_lib.fitted(sharding, np.shape(leaf)) is not sharding]
+    if shardings is None:
+        if not any(isinstance(s, jax.sharding.NamedSharding) for _, _, s in param_shardings):
+            return None, ()
+        shardings = sharding_lib.state_shardings(tx, params)
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    if isinstance(shardings, jax.sharding.Sharding):
+        per_leaf = [shardings] * len(leaves)
+    else:
+        try:
+            per_leaf = jax.tree.structure(state).flatten_up_to(shardings)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"shardings must have the state's structure (tx.init(params)) or "
+                             f"be one sharding: {error}") from error
+    device_bytes = {}
+    for (key_path, leaf), sharding in zip(leaves, per_leaf):
+        shape = tuple(np.shape(leaf))
+        placed = sharding_lib.fitted(sharding, shape)
+        if placed is not sharding:
+            fallbacks.append(leaf_path(key_path))
+        size, nbytes = int(np.prod(shape)), leaf_nbytes(leaf)
+        for device, index in placed.devices_indices_map(shape).items():
+            elements = int(np.prod([len(range(*i.indices(n))) for i, n in zip(index, shape)]))
+            device_bytes[device.id] = (device_bytes.get(device.id, 0)
+                                       + (nbytes // size * elements if size else 0))
+    return device_bytes, tuple(fallbacks)
 
 
 def _broadcast_labels(labels: Any, params: Any) -> list:
@@ -199,6 +280,26 @@ def _broadcast_labels(labels: Any, params: Any) -> list:
         raise ValueError(f"labels must have the params' structure or a prefix of it: "
                          f"{error}") from error
     return jax.tree.leaves(full)
+
+
+def _per_param_fields(state: Any, params: Any, num_params: int) -> tuple[dict, list]:
+    """For the state nodes declaring ``PER_PARAM_FIELDS``: ``{id(state leaf): (param index,
+    buffer name)}`` for the leaves of those fields, and the nodes' ``memory_notes``."""
+    owners, notes = {}, [""] * num_params
+    treedef = jax.tree.structure(params)
+    declares = lambda x: hasattr(type(x), "PER_PARAM_FIELDS")  # noqa: E731
+    for key_path, node in jax.tree_util.tree_flatten_with_path(state, is_leaf=declares)[0]:
+        if not declares(node):
+            continue
+        prefix = "/".join(_keys(key_path))
+        for name in node.PER_PARAM_FIELDS:
+            subtrees = treedef.flatten_up_to(getattr(node, name))
+            for index, subtree in enumerate(subtrees):
+                for leaf in jax.tree.leaves(subtree):
+                    owners[id(leaf)] = (index, f"{prefix}/{name}" if prefix else name)
+        for index, note in enumerate(node.memory_notes(params)):
+            notes[index] = note or notes[index]
+    return owners, notes
 
 
 def _owner(owner: Mapping[tuple, int], keys: tuple, leaf: Any) -> Optional[int]:

@@ -64,15 +64,16 @@ def ema(decay, debias: bool = True, accumulator_dtype: Optional[Any] = None
     ``e / (1 - decay^t)`` with ``debias`` (the default, ``t`` = step number from 1), else ``e``.
 
     Args:
-      decay: the EMA coefficient, in [0, 1] ([0, 1) with ``debias``: 1 would divide by zero).
+      decay: the EMA coefficient, in [0, 1]; with ``decay=1`` the EMA stays at 0.
       debias: divide the output by ``1 - decay^t`` (Kingma & Ba, 2015, Adam's bias correction).
       accumulator_dtype: dtype of ``e`` (default: the params' dtype); float64 becomes float32
         unless x64 is enabled.
 
-    Differs from Optax: the updates keep the gradients' dtype (see ``trace``), and
-    ``decay=1`` with ``debias=True`` (a division by zero) is rejected at construction.
+    Differs from Optax: the updates keep the gradients' dtype (see ``trace``), and with
+    ``decay=1`` and ``debias=True`` the output is the EMA itself, 0, where Optax divides it by
+    ``1 - 1^t = 0`` and emits NaN.
     """
-    checks.in_range("decay", decay, 0.0, 1.0, high_open=debias)
+    checks.in_range("decay", decay, 0.0, 1.0, high_open=False)
     accumulator_dtype = plumbing.canonicalize_dtype(accumulator_dtype)
 
     def rule(g, e, *, correction):
@@ -80,7 +81,10 @@ def ema(decay, debias: bool = True, accumulator_dtype: Optional[Any] = None
         return e / correction.astype(e.dtype), e
 
     def step_scalars(count):
-        return {"correction": debias_factor(decay, count) if debias else jnp.ones([])}
+        if not debias:
+            return {"correction": jnp.ones([])}
+        correction = debias_factor(decay, count)  # 0 only for decay = 1, whose EMA stays 0
+        return {"correction": jnp.where(correction == 0, 1.0, correction)}
 
     return leafwise(rule, EmaState, (Moment("ema", 0.0, accumulator_dtype),), step_scalars)
 

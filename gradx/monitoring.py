@@ -11,6 +11,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 import jax
 import jax.numpy as jnp
 
+from gradx import plumbing
 from gradx.base import (GradientTransformation, GradientTransformationExtraArgs, stateless,
                         with_extra_args_support)
 from gradx.combine import chain
@@ -63,8 +64,7 @@ def monitor(measures: dict[str, Union[GradientTransformation, Callable[[Any], An
         states = tuple(m.init(params) for m in measures.values())
         shapes = {name: jax.eval_shape(lambda p, s, m=m: m.update(p, s, p)[0], params, state)
                   for (name, m), state in zip(measures.items(), states)}
-        zeros = {name: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
-                 for name, shape in shapes.items()}
+        zeros = {name: plumbing.zeros_shaped(shape) for name, shape in shapes.items()}
         return MonitorState(zeros, states)
 
     def update(updates, state, params=None, **extra_args):

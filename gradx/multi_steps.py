@@ -20,7 +20,7 @@ from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
 import jax
 import jax.numpy as jnp
 
-from gradx import checks, plumbing
+from gradx import checks, plumbing, tree_use
 from gradx.base import (GradientTransformation, GradientTransformationExtraArgs, safe_increment,
                         with_extra_args_support)
 from gradx.hyperparams import register_readable_state
@@ -39,11 +39,12 @@ def skip_not_finite(updates: Any, gradient_step: jax.typing.ArrayLike, params: O
                     ) -> tuple[jax.Array, Any]:
     """Skips a mini-step whose gradients contain a NaN or an Inf.
 
-    Returns ``(should_skip, {'should_skip', 'num_not_finite'})`` as Optax's.
+    Returns ``(should_skip, {'should_skip', 'num_not_finite'})`` as Optax's; the count has the
+    default integer dtype (int64 under x64), as Optax's.
     """
     del gradient_step, params
-    counts = [jnp.sum(~jnp.isfinite(x)).astype(jnp.int32) for x in jax.tree.leaves(updates)]
-    num_not_finite = sum(counts, jnp.zeros([], jnp.int32))
+    counts = [jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves(updates)]
+    num_not_finite = sum(counts, jnp.zeros([], jnp.result_type(int)))
     should_skip = num_not_finite > 0
     return should_skip, {"should_skip": should_skip, "num_not_finite": num_not_finite}
 
@@ -78,7 +79,7 @@ def _zero_accumulator(params, accumulator_dtype):
     """Zeros shaped like ``params``, in ``accumulator_dtype`` or, for ``None``, in float32 or the
     leaf's own dtype when wider (float64 under x64, complex kept complex)."""
     dtype = plumbing.canonicalize_dtype(accumulator_dtype)
-    return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), dtype or jnp.promote_types(
+    return jax.tree.map(lambda p: plumbing.filled_like(p, 0, dtype or jnp.promote_types(
         jnp.result_type(p), jnp.float32)), params)
 
 
@@ -145,6 +146,11 @@ class MultiSteps:
     - ``accumulator_dtype=None`` (the default) accumulates each leaf in ``float32`` or its own
       dtype when wider (float64 under x64, complex kept complex); Optax's ``float32`` default
       loses precision under x64 and drops imaginary parts.
+    - a NaN or Inf gradient (without ``should_skip_update_fn=skip_not_finite``) reaches the
+      inner optimizer at the window's emitting step, as in Optax, but stays in that window: the
+      other mini-steps return zeros and the accumulator is reset to zeros after the emit. Optax
+      multiplies by 0 instead (``emit·u``, ``(1 - emit)·acc``), so its mini-steps return NaN
+      and its accumulator stays NaN for every later window.
 
     Examples:
       >>> opt = gradx.MultiSteps(gradx.sgd(learning_rate=1.0), every_k_schedule=2)
@@ -167,6 +173,12 @@ class MultiSteps:
         self._use_grad_mean = use_grad_mean
         self._should_skip_update_fn = should_skip_update_fn or _never_skip
         self._accumulator_dtype = accumulator_dtype
+        # should_skip_update_fn is taken to reduce over the whole tree, as Optax's two do.
+        self.tree_use = tree_use.TreeUse(
+            tree_use.GLOBAL, "MultiSteps", inner=(opt,),
+            rebuild=lambda convert, _: MultiSteps(convert(0, opt), every_k_schedule,
+                                                  use_grad_mean, should_skip_update_fn,
+                                                  accumulator_dtype).gradient_transformation())
 
     @property
     def inner_opt(self) -> GradientTransformationExtraArgs:
@@ -209,8 +221,7 @@ class MultiSteps:
 
         def skip(operands):
             _, state = operands
-            return (jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape),
-                    state._replace(skip_state=skip_state))
+            return plumbing.zeros_shaped(out_shape), state._replace(skip_state=skip_state)
 
         return jax.lax.cond(should_skip, skip, accumulate, (updates, state))
 
@@ -272,7 +283,7 @@ def accumulate_gradients(inner: GradientTransformation,
     form (unit weights, the inner optimizer fed the gradients' dtype).
     """
     every_k = _every_k(every_k_schedule)
-    inner = with_extra_args_support(inner)
+    declared, inner = inner, with_extra_args_support(inner)
     weight_dtype = jnp.result_type(float)
 
     def init(params):
@@ -302,7 +313,11 @@ def accumulate_gradients(inner: GradientTransformation,
             skipped_micro_batches=skipped, window_weight=window_weight, acc_grads=acc,
             inner_state=inner_state)
 
-    return GradientTransformationExtraArgs(init, update)
+    return tree_use.declare(
+        GradientTransformationExtraArgs(init, update), tree_use.GLOBAL, "accumulate_gradients",
+        inner=(declared,), rebuild=lambda convert, _: accumulate_gradients(
+            convert(0, declared), every_k_schedule, use_grad_mean, skip_nonfinite,
+            accumulator_dtype))
 
 
 __all__ = ["ShouldSkipUpdateFunction", "skip_not_finite", "skip_large_updates", "MultiStepsState",

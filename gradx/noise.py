@@ -27,6 +27,21 @@ def _as_key(key: Union[jax.Array, int]) -> jax.Array:
     return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
 
 
+def resolve_key(key: Union[jax.Array, int, None], seed: Optional[int], name: str) -> jax.Array:
+    """The typed PRNG key of a noisy transformation called ``name``, from ``key=`` (see
+    ``_as_key``) or the deprecated ``seed=`` (warns); neither: warns and uses seed 0, as Optax."""
+    if seed is not None:
+        warnings.warn('"seed" is deprecated, use "key".', DeprecationWarning, stacklevel=3)
+        if key is not None:
+            raise ValueError("Only one of seed or key can be specified.")
+        key = seed
+    if key is None:
+        warnings.warn(f"{name} got no key and uses seed 0; pass key= to choose the noise.",
+                      stacklevel=3)
+        key = 0
+    return _as_key(key)
+
+
 def _add_normal(g, *, std, key):
     return g + std * jax.random.normal(key, jnp.shape(g), jnp.result_type(g))
 
@@ -47,15 +62,7 @@ def add_noise(eta: jax.typing.ArrayLike, gamma: jax.typing.ArrayLike,
     Reference: Neelakantan et al., "Adding Gradient Noise Improves Learning for Very Deep
     Networks" (2015).
     """
-    if seed is not None:
-        warnings.warn('"seed" is deprecated, use "key".', DeprecationWarning, stacklevel=2)
-        if key is not None:
-            raise ValueError("Only one of seed or key can be specified.")
-        key = seed
-    if key is None:
-        warnings.warn("add_noise got no key and uses seed 0; pass key= to choose the noise.",
-                      stacklevel=2)
-        key = 0
+    key = resolve_key(key, seed, "add_noise")
     checks.non_negative("eta", eta)
 
     def step_scalars(count, updates, rng_key):
@@ -64,7 +71,7 @@ def add_noise(eta: jax.typing.ArrayLike, gamma: jax.typing.ArrayLike,
         return {"std": jnp.sqrt(eta / count ** gamma), "key": PerLeaf(keys)}, {"rng_key": rng_key}
 
     return leafwise(_add_normal, AddNoiseState, step_scalars=step_scalars, elementwise=False,
-                    step_inputs=("updates",), carry={"rng_key": _as_key(key)})
+                    step_inputs=("updates",), carry={"rng_key": key})
 
 
 __all__ = ["AddNoiseState", "add_noise"]

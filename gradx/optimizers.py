@@ -7,6 +7,7 @@ optimizer returns updates to add to the params (``gradx.apply_updates``), so the
 enters with a minus sign. Where gradx differs from Optax (a fixed defect), the docstring says so.
 """
 
+import warnings
 from typing import Any, Optional
 
 import jax.numpy as jnp
@@ -381,6 +382,23 @@ def optimistic_adam_v2(learning_rate: ScalarOrSchedule, *, alpha: float = 1.0, b
         scale_by_optimistic_gradient(alpha=alpha, beta=beta),
         scale_by_learning_rate(learning_rate),
     )
+
+
+def optimistic_adam(learning_rate: float, optimism: Optional[float] = None, b1: float = 0.9,
+                    b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0,
+                    mu_dtype: Optional[Any] = None, *, nesterov: bool = True) -> Tx:
+    """Deprecated (as in Optax, with its ``DeprecationWarning``): ``optimistic_adam_v2`` with
+    ``alpha=learning_rate``, ``beta=optimism`` (default: the learning rate) and a unit step,
+    ``u = -(α·r_t + β·(r_t - r_{t-1}))`` with ``r`` Adam's direction. A schedule raises
+    ``ValueError``, as in Optax."""
+    warnings.warn("`optimistic_adam` is deprecated, please use `optimistic_adam_v2` instead.",
+                  DeprecationWarning, stacklevel=2)
+    if callable(learning_rate):
+        raise ValueError("This version of `optimistic_adam` does not support learning rate "
+                         "schedules but `optimistic_adam_v2` does.")
+    return optimistic_adam_v2(1.0, alpha=learning_rate,
+                              beta=learning_rate if optimism is None else optimism, b1=b1, b2=b2,
+                              eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov)
 
 
 _DEFAULT_LBFGS_LINESEARCH = scale_by_zoom_linesearch(max_linesearch_steps=20,

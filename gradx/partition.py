@@ -13,7 +13,7 @@ from typing import Any, Callable, Hashable, Mapping, NamedTuple, Union
 
 import jax
 
-from gradx import plumbing
+from gradx import plumbing, tree_use
 from gradx.base import (GradientTransformation, GradientTransformationExtraArgs, set_to_zero,
                         with_extra_args_support)
 from gradx.masking import masked, resolve_mask
@@ -62,6 +62,7 @@ def partition(transforms: Mapping[Hashable, GradientTransformation],
       [[-0.1 -0.1]
        [-0.1 -0.1]] [0. 0.]
     """
+    declared = dict(transforms)
     transforms = {label: with_extra_args_support(tx) for label, tx in transforms.items()}
 
     def group_transforms(tree):
@@ -82,7 +83,23 @@ def partition(transforms: Mapping[Hashable, GradientTransformation],
                                                      **extra_args)
         return updates, PartitionState(inner_states)
 
-    return GradientTransformationExtraArgs(init, update)
+    groups = tuple(declared)
+
+    def group_mask(group):
+        return lambda tree: jax.tree.map(lambda label: label == group,
+                                         resolve_mask(param_labels, tree))
+
+    def rebuild(convert, masks):
+        # One label per leaf of the masks' tree: the group whose mask holds there (the first
+        # group where none does: such a place holds no leaf).
+        labels = jax.tree.map(lambda *keep: groups[keep.index(True) if True in keep else 0],
+                              *masks)
+        return partition({g: convert(i, declared[g]) for i, g in enumerate(groups)}, labels,
+                         mask_compatible_extra_args=mask_compatible_extra_args)
+
+    return tree_use.declare(GradientTransformationExtraArgs(init, update), tree_use.BY_PATH,
+                            "partition", inner=tuple(declared.values()),
+                            masks=tuple(map(group_mask, groups)), rebuild=rebuild)
 
 
 multi_transform = partition

@@ -5,6 +5,7 @@ offending path, typed tree constructors, casts, and norms and statistics of one 
 Paths are written as the keys from the root joined by ``/`` (``"encoder/layers_0/kernel"``).
 """
 
+import functools
 from typing import Any, Optional, Sequence
 
 import jax
@@ -35,12 +36,18 @@ def leaf_paths(tree: PyTree, is_leaf=None) -> list[str]:
 def _first_difference(reference: PyTree, other: PyTree, reference_name: str, name: str) -> str:
     ref = {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(reference)[0]}
     oth = {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(other)[0]}
-    for path in sorted(ref - oth):
+    # A leaf of ``reference`` may stand for a subtree of ``other`` (per-leaf structures).
+    within = lambda path, roots: any(path == r or path.startswith(r + "/") for r in roots)  # noqa: E731
+    for path in sorted(p for p in ref if not any(within(o, [p]) for o in oth)):
         return f"'{path}' is in {reference_name} but not in {name}"
-    for path in sorted(oth - ref):
+    for path in sorted(p for p in oth if not within(p, ref)):
         return f"'{path}' is in {name} but not in {reference_name}"
     return (f"the container types differ ({jax.tree.structure(reference)} vs "
             f"{jax.tree.structure(other)})")
+
+
+def _is_none(x) -> bool:
+    return x is None
 
 
 def flatten_matching(reference: PyTree, others: Sequence[PyTree], names: Sequence[str],
@@ -50,9 +57,10 @@ def flatten_matching(reference: PyTree, others: Sequence[PyTree], names: Sequenc
     Raises ``ValueError`` naming the first path where a tree's structure or a leaf's shape
     differs from ``reference``. Where ``shaped[i]`` is False, each leaf of ``reference`` stands
     for a subtree of ``others[i]`` of any shape (per-leaf statistics): only the structure down
-    to it is checked.
+    to it is checked. A ``None`` in ``reference`` is a leaf standing for whatever the others
+    hold there (Optax passes ``None`` updates through: ``update(None, state, params)``).
     """
-    ref_leaves, treedef = jax.tree.flatten(reference)
+    ref_leaves, treedef = jax.tree.flatten(reference, is_leaf=_is_none)
     out = [ref_leaves]
     shaped = [True] * len(others) if shaped is None else shaped
     for other, name, check_shapes in zip(others, names, shaped):
@@ -66,8 +74,8 @@ def flatten_matching(reference: PyTree, others: Sequence[PyTree], names: Sequenc
         if len(leaves) != len(ref_leaves):
             raise ValueError(f"{name} does not match {reference_name}: "
                              f"{_first_difference(reference, other, reference_name, name)}.")
-        for path, ref_leaf, leaf in zip(leaf_paths(reference), ref_leaves, leaves):
-            if check_shapes and np.shape(ref_leaf) != np.shape(leaf):
+        for path, ref_leaf, leaf in zip(leaf_paths(reference, _is_none), ref_leaves, leaves):
+            if check_shapes and ref_leaf is not None and np.shape(ref_leaf) != np.shape(leaf):
                 raise ValueError(f"{name} does not match {reference_name} at '{path}': shape "
                                  f"{np.shape(leaf)} vs {np.shape(ref_leaf)}.")
         out.append(leaves)
@@ -89,20 +97,66 @@ def canonicalize_dtype(dtype) -> Optional[np.dtype]:
     return None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
 
 
-def full_like(tree: PyTree, value, dtype=None) -> PyTree:
-    """A tree of arrays shaped like ``tree``'s leaves, filled with ``value``."""
-    return jax.tree.map(lambda x: jnp.full(jnp.shape(x), value, dtype or jnp.result_type(x)), tree)
+def filled_like(x, value, dtype=None, drop_axes: Sequence[int] = ()) -> jax.Array:
+    """An array of ``x``'s shape (without ``drop_axes``) filled with ``value``, in ``dtype``
+    (``x``'s by default), placed as ``x`` is: with ``x``'s sharding, also under ``jit``.
+
+    ``jnp.full_like`` keeps the sharding of a concrete array only: under ``jit`` the fill reads
+    nothing, so the compiler puts it on one device (or replicates it). Here the fill is a select
+    between two equal values on a predicate computed from ``x`` (``x != x``, reduced over
+    ``drop_axes``), which the compiler places with ``x`` before folding it away (the compiled
+    program holds a plain broadcast). The statistics of a reduced axis are thus sharded along
+    the axes they keep. A ``jax.ShapeDtypeStruct`` (no values to read) gives ``jnp.full_like``'s
+    result.
+    """
+    if isinstance(x, jax.ShapeDtypeStruct):
+        kept = [n for i, n in enumerate(x.shape) if i not in drop_axes]
+        return jnp.full_like(x, value, dtype, shape=kept)
+    reads_x = x != x
+    if drop_axes:
+        reads_x = jnp.any(reads_x, axis=tuple(drop_axes))
+    fill = jnp.asarray(value, dtype or jnp.result_type(x))
+    return jnp.where(reads_x, fill, fill)
+
+
+def full_like(tree: PyTree, fill_value, dtype=None) -> PyTree:
+    """A tree of arrays shaped like ``tree``'s leaves (and with their dtype and sharding, also
+    under ``jit``, unless ``dtype`` is given), filled with ``fill_value``. Optax's
+    ``tree.full_like``."""
+    return jax.tree.map(lambda x: filled_like(x, fill_value, dtype), tree)
 
 
 def zeros_like(tree: PyTree, dtype=None) -> PyTree:
+    """An all-zeros tree shaped like ``tree``. Optax's ``tree.zeros_like``."""
     return full_like(tree, 0, dtype)
 
 
+def zeros_shaped(shapes: PyTree) -> PyTree:
+    """Zeros for a tree of ``jax.ShapeDtypeStruct`` (from ``jax.eval_shape``), with their
+    shardings when they carry one (under a mesh with explicit axes), so that both branches of a
+    ``lax.cond`` have the same types."""
+    def zeros(s):
+        sharding = getattr(s, "sharding", None)
+        if sharding is None:
+            return jnp.zeros(s.shape, s.dtype)
+        return jnp.zeros(s.shape, s.dtype, out_sharding=sharding)
+
+    return jax.tree.map(zeros, shapes)
+
+
 def cast(tree: PyTree, dtype) -> PyTree:
-    """Casts every leaf to ``dtype``; ``dtype=None`` leaves the tree unchanged."""
+    """Casts every leaf to ``dtype``; ``dtype=None`` leaves the tree unchanged. Optax's
+    ``tree.cast`` (which also accepts Python numbers here)."""
     if dtype is None:
         return tree
     return jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), tree)
+
+
+def cast_like(new, old) -> jax.Array:
+    """``new`` as an array in ``old``'s dtype, converted only when the dtypes differ (so typed
+    PRNG keys, which have no ``astype`` outside ``jit``, and Python scalars both work)."""
+    new, dtype = jnp.asarray(new), jnp.asarray(old).dtype
+    return new if new.dtype == dtype else new.astype(dtype)
 
 
 def abs_sq(x: jax.Array) -> jax.Array:
@@ -110,24 +164,64 @@ def abs_sq(x: jax.Array) -> jax.Array:
     return (jnp.conj(x) * x).real if jnp.iscomplexobj(x) else x * x
 
 
+def _total(sums: list) -> jax.Array:
+    """The sum of per-leaf scalars in flattening order, in their dtype (float32 when empty)."""
+    return sum(sums) if sums else jnp.zeros([], jnp.float32)
+
+
 def squared_norm(tree: PyTree) -> jax.Array:
     """``Σ |x|²`` over every element of every leaf."""
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.zeros([], jnp.float32)
-    return sum(jnp.sum(abs_sq(x)) for x in leaves)
+    return _total([jnp.sum(abs_sq(x)) for x in jax.tree.leaves(tree)])
 
 
 def leaf_norm(x: jax.Array, floor=0.0) -> jax.Array:
     """``max(‖x‖₂, floor)`` over all the elements of one leaf (complex-correct; see
-    ``floored_sqrt`` for the gradient where the norm is below ``floor``)."""
-    return floored_sqrt(jnp.sum(abs_sq(x)), floor)
+    ``floored_sqrt`` for the gradient where the norm is below ``floor``, and ``scaled_squares``
+    for leaves whose squares overflow or underflow)."""
+    s, scale = scaled_squares(x, jnp.sum)
+    return floored_sqrt(s, floor, scale)
 
 
 def leaf_rms(x: jax.Array, floor=0.0) -> jax.Array:
-    """``max(sqrt(mean |x|²), floor)`` over all the elements of one leaf (see
-    ``floored_sqrt``)."""
-    return floored_sqrt(jnp.mean(abs_sq(x)), floor)
+    """``max(sqrt(mean |x|²), floor)`` over all the elements of one leaf (see ``leaf_norm``)."""
+    s, scale = scaled_squares(x, jnp.mean)
+    return floored_sqrt(s, floor, scale)
+
+
+def scaled_squares(x: jax.Array, reduce=jnp.sum):
+    """``(s, scale)`` with ``reduce(|x|²) = scale²·s``, so that ``scale·√s`` is the norm (or the
+    RMS, with ``jnp.mean``) even where ``|x|²`` overflows (``|x| > 1.8e19`` in float32) or
+    underflows (``|x| < 1e-19``).
+
+    The leaf is reduced once, unscaled (``scale = 1``). Only when that sum is not finite or below
+    the smallest normal number is it reduced again from ``x / 2^e``, ``2^e`` the power of two
+    just above ``max |x|`` (an exact division), under ``lax.cond``: no full-size temporary either
+    way, and one reduction on ordinary leaves. (Optax's norms overflow or underflow there; its
+    ``jnp.linalg.norm`` is exact only on one-element leaves.) The scale carries no gradient: the
+    gradient of ``scale·√s`` is that of the norm.
+    """
+    s = reduce(abs_sq(x))
+    unscaled = jnp.logical_and(jnp.isfinite(s), s >= jnp.finfo(s.dtype).tiny)
+    # Module-level branches: lax.cond caches their traces, so eager calls compile once.
+    return jax.lax.cond(unscaled, _as_is, _RESCALED[reduce], s, x)
+
+
+def _as_is(s, x):
+    del x
+    return s, jnp.ones_like(s)
+
+
+def _rescaled(reduce):
+    def rescaled(s, x):
+        top = jnp.max(jnp.abs(x), initial=0).astype(s.dtype)
+        _, exponent = jnp.frexp(jnp.where(jnp.isfinite(top) & (top > 0), top, 1))
+        scale = jax.lax.stop_gradient(jnp.ldexp(jnp.ones_like(s), exponent))
+        return reduce(abs_sq(x / scale)).astype(s.dtype), scale
+
+    return rescaled
+
+
+_RESCALED = {jnp.sum: _rescaled(jnp.sum), jnp.mean: _rescaled(jnp.mean)}
 
 
 def separate(*xs):
@@ -142,30 +236,80 @@ def separate(*xs):
     return jax.lax.optimization_barrier(xs)
 
 
-def floored_sqrt(s: jax.Array, floor) -> jax.Array:
-    """``max(√s, floor)`` for a reduced ``s ≥ 0`` (a sum or mean of squares), whose gradient is 0,
-    not NaN, where ``√s <= floor`` (e.g. the norm of an all-zero leaf), as Optax's ``safe_norm``.
+def floored_sqrt(s: jax.Array, floor=0.0, scale=1.0) -> jax.Array:
+    """``max(scale·√s, floor)`` for a reduced ``s ≥ 0`` (a sum or mean of squares, scaled by
+    ``scale²``: ``scaled_squares``), whose gradient is 0, not NaN, where the root is ``<= floor``
+    (e.g. the norm of an all-zero leaf), as Optax's ``safe_norm``.
 
     Optax gets the safe gradient by reducing the whole leaf a second time, with ones where the
     norm is small; a scalar ``where`` on ``s`` gives the same values and gradients without that
     second pass and its full-size temporary.
     """
-    small = jnp.sqrt(s) <= floor
-    return jnp.where(small, floor, jnp.sqrt(jnp.where(small, 1.0, s)))
+    small = scale * jnp.sqrt(s) <= floor
+    return jnp.where(small, floor, scale * jnp.sqrt(jnp.where(small, 1.0, s)))
 
 
-def global_norm(tree: PyTree) -> jax.Array:
+def global_norm(updates: PyTree) -> jax.Array:
     """The L2 norm of all the elements of a tree, as one vector."""
-    return jnp.sqrt(squared_norm(tree))
+    return jnp.sqrt(squared_norm(updates))
 
 
-def tree_dtype(tree: PyTree, mixed: str = "highest"):
-    """The ``'highest'`` or ``'lowest'`` float dtype among the leaves (float32 for an empty tree)."""
-    dtypes = [jnp.result_type(x) for x in jax.tree.leaves(tree)]
-    if not dtypes:
-        return jnp.dtype(jnp.float32)
-    ordered = sorted(dtypes, key=lambda d: jnp.finfo(d).bits if jnp.issubdtype(d, jnp.inexact) else 0)
-    return ordered[-1] if mixed == "highest" else ordered[0]
+def l1_norm(tree: PyTree) -> jax.Array:
+    """``Σ |x|`` over every element of every leaf."""
+    return _total([jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)])
+
+
+def vdot(a: PyTree, b: PyTree) -> jax.Array:
+    """``Σ conj(a)·b`` over every element of two trees of the same structure: one contraction
+    per leaf at the highest precision, summed in flattening order (as Optax's ``tree.vdot``)."""
+    def leaf(x, y):
+        x = jnp.conj(x) if jnp.iscomplexobj(x) else x
+        return jnp.tensordot(x, y, jnp.ndim(x), precision=jax.lax.Precision.HIGHEST)
+
+    return _total(jax.tree.leaves(jax.tree.map(leaf, a, b)))
+
+
+def full_in_lowest_dtype(value, shape=()):
+    """A function of the params: an array of ``shape`` filled with ``value`` in the params'
+    lowest float dtype (the scalar state of Optax's contrib optimizers, kept in that dtype so
+    that it never promotes a low-precision update)."""
+    return lambda params: jnp.full(shape, value, tree_dtype(params, "lowest"))
+
+
+def tree_dtype(tree: PyTree, mixed_dtype_handler: Optional[str] = None):
+    """The dtype of a tree's leaves (Optax's ``tree.dtype``): with ``mixed_dtype_handler=None``
+    all leaves must share it (``ValueError`` naming each other path); ``'promote'`` promotes them
+    together; ``'highest'`` / ``'lowest'`` picks the dtype every other one promotes to / from
+    (``ValueError`` if two cannot be ordered, e.g. bfloat16 and float16). An empty tree has the
+    default float dtype."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.asarray([]).dtype
+    dtypes = [jnp.asarray(x).dtype for x in leaves]
+    if mixed_dtype_handler is None:
+        wrong = [f"Expected dtype={dtypes[0]} for {path_str(p)} but got {jnp.asarray(x).dtype}."
+                 for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+                 if jnp.asarray(x).dtype != dtypes[0]]
+        if wrong:
+            raise ValueError("\n".join(wrong))
+        return dtypes[0]
+    if mixed_dtype_handler == "promote":
+        return functools.reduce(jnp.promote_types, dtypes)
+    if mixed_dtype_handler in ("highest", "lowest"):
+        return functools.reduce(functools.partial(_ordered_dtype, mixed_dtype_handler), dtypes)
+    raise ValueError(f"Invalid value for mixed_dtype_handler={mixed_dtype_handler!r}, possible "
+                     f"values are: None, 'promote', 'highest', 'lowest'.")
+
+
+def _ordered_dtype(which: str, a, b):
+    """The higher or lower of two dtypes when one promotes to the other."""
+    promoted = jnp.promote_types(a, b)
+    if promoted not in (a, b):
+        raise ValueError(f"Cannot compare dtype of dtype1={a} and dtype2={b}. Neither {a} nor {b} "
+                         f"can be promoted to the other.")
+    higher = promoted
+    lower = b if higher == a else a
+    return higher if which == "highest" else lower
 
 
 def all_finite(tree: PyTree) -> jax.Array:
@@ -176,6 +320,7 @@ def all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def where(condition, on_true: PyTree, on_false: PyTree) -> PyTree:
-    """Selects whole trees with a scalar condition."""
-    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
+def where(condition, tree_x: PyTree, tree_y: PyTree) -> PyTree:
+    """``tree_x`` where ``condition`` holds, else ``tree_y``, leaf by leaf (Optax's
+    ``tree.where``)."""
+    return jax.tree.map(lambda x, y: jnp.where(condition, x, y), tree_x, tree_y)

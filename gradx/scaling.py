@@ -31,6 +31,7 @@ def scale(step_size: jax.typing.ArrayLike) -> GradientTransformation:
 
     State ``EmptyState`` (Optax's ``ScaleState``); the incoming state is passed through.
     """
+    checks.finite("step_size", step_size)
     return leafwise(lambda g: step_size * g, EmptyState)
 
 
@@ -61,6 +62,7 @@ def scale_by_learning_rate(learning_rate: Optional[ScalarOrSchedule] = None, *,
     sign = -1 if flip_sign else 1
     if callable(learning_rate):
         return scale_by_schedule(lambda count: sign * learning_rate(count))
+    checks.finite("learning_rate", learning_rate)
     return scale(sign * learning_rate)
 
 
@@ -72,7 +74,9 @@ def scale_by_trust_ratio(min_norm: jax.typing.ArrayLike = 0.0,
 
     Defaults ``min_norm=0.0, trust_coefficient=1.0, eps=0.0``; needs params; ``EmptyState``.
     References: You et al., "Large Batch Training of Convolutional Networks" (2017); "Large Batch
-    Optimization for Deep Learning: Training BERT in 76 minutes" (2019). Same as Optax.
+    Optimization for Deep Learning: Training BERT in 76 minutes" (2019). Same as Optax, except
+    that the norms are right at any magnitude (``gradx.plumbing.scaled_squares``; Optax's
+    squares overflow beyond 1.8e19 and underflow below 1e-19 on leaves of two elements or more).
     """
     checks.non_negative("min_norm", min_norm)
     checks.non_negative("eps", eps)

@@ -19,13 +19,13 @@ The fourteen Optax 0.2.8 schedules keep Optax's names, arguments and values. Whe
   ``start * left + end * done``. The values are the same functions; in float32 they agree with
   Optax to Optax's rounding error, and are accurate to a few ulps where Optax's lose digits
   (the last steps of a cosine decay to zero).
-* A constant schedule (also ``polynomial_schedule`` with ``transition_steps <= 0`` and
-  ``exponential_decay`` with ``transition_steps <= 0`` or ``decay_rate == 0``) returns an array
-  shaped like ``count`` in the count's float dtype rather than the bare constant.
 * ``join_schedules`` checks ``len(boundaries) == len(schedules) - 1`` (Optax silently drops the
   extra ones) and ``sgdr_schedule`` rejects an empty list at construction (Optax raises
   ``IndexError`` on the first call).
 * The piecewise-interpolated schedules give ``init_value`` for a negative count (Optax gives 0).
+
+As Optax's ``optax.schedules``, this module also exports ``inject_hyperparams`` and its state
+classes and ``StatefulSchedule`` (defined in ``gradx.hyperparams`` and ``gradx.base``).
 
 Added schedules that Optax lacks: ``warmup`` (a linear warmup in front of any schedule),
 ``warmup_stable_decay_schedule`` (alias ``wsd_schedule``), ``warmup_linear_decay_schedule``
@@ -38,9 +38,14 @@ import jax
 import jax.numpy as jnp
 
 from gradx import checks
-from gradx.base import Schedule
+from gradx.base import Schedule, StatefulSchedule
+# Optax's optax.schedules also holds inject_hyperparams; gradx.hyperparams needs only layer 1.
+from gradx.hyperparams import (InjectHyperparamsState, InjectStatefulHyperparamsState,
+                               WrappedSchedule, inject_hyperparams, inject_stateful_hyperparams)
 
 __all__ = [
+    "StatefulSchedule", "WrappedSchedule", "InjectHyperparamsState", "InjectStatefulHyperparamsState",
+    "inject_hyperparams", "inject_stateful_hyperparams",
     "constant_schedule", "polynomial_schedule", "linear_schedule", "piecewise_constant_schedule",
     "exponential_decay", "cosine_decay_schedule", "piecewise_interpolate_schedule",
     "linear_onecycle_schedule", "cosine_onecycle_schedule", "warmup_constant_schedule",
@@ -56,14 +61,15 @@ __all__ = [
 
 def _float_count(count) -> jax.Array:
     """``count`` as a float array: an integer count becomes the default float dtype (float32, or
-    float64 under x64); a Python int of any size is converted without going through int32."""
-    default_float = jnp.result_type(float)
+    float64 under x64), weakly typed as Optax's schedules are (so a value of the schedule takes
+    the dtype of what it multiplies: bfloat16 params stay bfloat16); a Python int of any size is
+    converted without going through int32."""
     if isinstance(count, int):
-        return jnp.asarray(float(count), default_float)
+        return jnp.asarray(float(count))
     count = jnp.asarray(count)
     if jnp.issubdtype(count.dtype, jnp.floating):
         return count
-    return count.astype(default_float)
+    return count + 0.0  # int -> weakly typed default float, exactly for counts below 2**24
 
 
 def _steps(steps):
@@ -72,8 +78,8 @@ def _steps(steps):
 
 
 def _constant(value) -> Schedule:
-    """``value`` at every count, shaped like the count and in its float dtype."""
-    return lambda count: value + jnp.zeros_like(_float_count(count))
+    """``value`` itself at every count, as Optax's constant schedules."""
+    return lambda count: value
 
 
 def _linear(start, end, done, left):
@@ -139,10 +145,7 @@ def _check_decay_after_warmup(warmup_steps, decay_steps) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def constant_schedule(value) -> Schedule:
-    """A constant schedule: ``value`` at every step.
-
-    Differs from Optax: returns an array shaped like the count (Optax returns ``value`` itself).
-    """
+    """A constant schedule: ``value`` itself at every step (as Optax)."""
     return _constant(value)
 
 
@@ -173,7 +176,14 @@ def polynomial_schedule(init_value, end_value, power, transition_steps: int,
 def linear_schedule(init_value, end_value, transition_steps: int,
                     transition_begin: int = 0) -> Schedule:
     """Linear transition from ``init_value`` to ``end_value``: ``polynomial_schedule`` with
-    ``power=1``."""
+    ``power=1``, evaluated as ``init·(T - k)/T + end·k/T``.
+
+    Differs from Optax, deliberately: Optax evaluates ``(init - end)·(1 - k/T) + end``, whose
+    ``1 - k/T`` cancels near the end of the transition: in float32 its values are off by up to
+    7e-5 relative (``linear_schedule(1e-3, 0, 1000)``, the last steps), where gradx's are within
+    2e-7 of the exact value. So the two differ by Optax's error, ~1e-6 on a typical step; the
+    same holds for every schedule built on it (warmups, ``join_schedules`` of linear pieces).
+    """
     return polynomial_schedule(init_value, end_value, 1, transition_steps, transition_begin)
 
 
@@ -294,7 +304,9 @@ def cosine_onecycle_schedule(transition_steps: int, peak_value, pct_start: float
 
 def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     """Runs ``schedules[0]`` until ``boundaries[0]``, then ``schedules[1]`` and so on; each
-    later schedule sees the count relative to its boundary (``count - boundaries[i]``).
+    later schedule sees the count relative to its boundary (``count - boundaries[i]``). The
+    values are those of the pieces (gradx's linear pieces differ from Optax's by Optax's
+    rounding error, see ``linear_schedule``).
 
     Differs from Optax: ``len(boundaries)`` must be ``len(schedules) - 1`` (``ValueError``).
     """
@@ -326,8 +338,10 @@ def warmup_cosine_decay_schedule(init_value, peak_value, warmup_steps: int, deca
     **``decay_steps`` is the whole length, warmup included** (as in Optax): the cosine runs for
     ``decay_steps - warmup_steps`` steps on the count relative to the warmup's end, as
     ``cosine_decay_schedule(peak, decay_steps - warmup_steps, alpha=end/peak, exponent)``
-    (``alpha = 0`` when ``peak == 0``). ``decay_steps <= warmup_steps``: ``ValueError``.
+    (``alpha = 0`` when ``peak == 0``). ``decay_steps <= warmup_steps`` or a negative
+    ``warmup_steps``: ``ValueError`` (Optax returns a schedule that starts mid-cosine).
     """
+    checks.non_negative("warmup_steps", warmup_steps)
     _check_decay_after_warmup(warmup_steps, decay_steps)
     alpha = 0.0 if peak_value == 0.0 else end_value / peak_value
     return join_schedules([
@@ -340,7 +354,8 @@ def warmup_exponential_decay_schedule(init_value, peak_value, warmup_steps: int,
                                       transition_steps: int, decay_rate, transition_begin: int = 0,
                                       staircase: bool = False, end_value=None) -> Schedule:
     """Linear warmup to ``peak_value``, then ``exponential_decay(peak_value, ...)`` on the count
-    relative to the warmup's end."""
+    relative to the warmup's end. A negative ``warmup_steps`` raises ``ValueError``."""
+    checks.non_negative("warmup_steps", warmup_steps)
     return join_schedules([
         linear_schedule(init_value, peak_value, warmup_steps),
         exponential_decay(peak_value, transition_steps, decay_rate, transition_begin, staircase,

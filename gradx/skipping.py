@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from gradx import checks, plumbing
+from gradx import checks, plumbing, tree_use
 from gradx.base import (GradientTransformation, GradientTransformationExtraArgs, safe_increment,
                         with_extra_args_support)
 from gradx.hyperparams import register_readable_state
@@ -63,7 +63,7 @@ def skip_bad_steps(inner: GradientTransformation, max_grad_norm: Optional[float]
     if max_grad_norm is None and not skip_nonfinite:
         raise ValueError("skip_bad_steps checks nothing: pass max_grad_norm or "
                          "skip_nonfinite=True.")
-    inner = with_extra_args_support(inner)
+    declared, inner = inner, with_extra_args_support(inner)
 
     def init(params):
         return SkipBadStepsState(skipped_steps=jnp.zeros([], jnp.int32),
@@ -81,7 +81,10 @@ def skip_bad_steps(inner: GradientTransformation, max_grad_norm: Optional[float]
             skipped_steps=jnp.where(bad, safe_increment(state.skipped_steps), state.skipped_steps),
             last_skipped=bad, inner_state=inner_state)
 
-    return GradientTransformationExtraArgs(init, update)
+    return tree_use.declare(
+        GradientTransformationExtraArgs(init, update), tree_use.GLOBAL, "skip_bad_steps",
+        inner=(declared,), rebuild=lambda convert, _: skip_bad_steps(
+            convert(0, declared), max_grad_norm, skip_nonfinite))
 
 
 __all__ = ["SkipBadStepsState", "skip_bad_steps"]

@@ -47,7 +47,8 @@ def scale_by_polyak(f_min: jax.typing.ArrayLike = 0.0,
 
 class ScaleByDistanceOverGradientsState(NamedTuple):
     """Per leaf: the largest distance from the initial params so far (a scalar), the running sum
-    of squared gradient norms (shape ``(1,)``, float32) and the initial params."""
+    of squared gradient norms (shape ``(1,)``, the default float dtype: float64 under x64, as
+    Optax) and the initial params."""
 
     max_dist: Any
     grad_sum_of_squares: Any
@@ -78,7 +79,7 @@ def scale_by_distance_over_gradients(reps_rel=1e-6, eps=1e-8, param_dtype=jnp.fl
         return jnp.reshape(step, ()) * g, dist, sum_sq, p0
 
     moments = (Moment("max_dist", lambda p: reps_rel * (1 + leaf_norm(p))),
-               Moment("grad_sum_of_squares", lambda _: jnp.zeros(1, jnp.float32)),
+               Moment("grad_sum_of_squares", lambda _: jnp.zeros(1, jnp.result_type(float))),
                Moment("init_params", lambda p: p, param_dtype))
     return leafwise(rule, ScaleByDistanceOverGradientsState, moments, needs_params=True,
                     elementwise=False)

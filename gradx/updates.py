@@ -17,9 +17,11 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
 
 def incremental_update(new_tensors: Params, old_tensors: Params, step_size) -> Params:
-    """Polyak averaging: ``step_size * new + (1 - step_size) * old`` per leaf."""
-    return jax.tree.map(lambda new, old: step_size * new + (1.0 - step_size) * old,
-                        new_tensors, old_tensors)
+    """Polyak averaging: ``step_size * new + (1 - step_size) * old`` per leaf; a ``None`` leaf
+    of ``new_tensors`` (or ``new_tensors=None``) stays ``None``, as in Optax."""
+    return jax.tree.map(
+        lambda new, old: None if new is None else step_size * new + (1.0 - step_size) * old,
+        new_tensors, old_tensors, is_leaf=lambda x: x is None)
 
 
 def periodic_update(new_tensors: Params, old_tensors: Params, steps, update_period: int) -> Params:

@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 import jax
 
+from gradx import checks
 from gradx.base import EmptyState, GradientTransformation, MaskOrFn, ScalarOrSchedule
 from gradx.leafwise import leafwise
 from gradx.masking import masked
@@ -30,6 +31,8 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0,
     unchanged — so that it is a drop-in for ``optax.add_decayed_weights`` (which raises the same
     ``ValueError`` then). Negative values are allowed (``fromage`` uses them).
     """
+    if not callable(weight_decay):
+        checks.finite("weight_decay", weight_decay)
     if callable(weight_decay):
         tx = leafwise(_decay, WeightDecaySchedule, needs_params=True, step_inputs=("state",),
                       step_scalars=lambda _, state: {"value": weight_decay(state.count)})

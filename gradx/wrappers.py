@@ -14,9 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradx import plumbing
+from gradx import plumbing, tree_use
 from gradx.base import (NO_PARAMS_MSG, GradientTransformation, GradientTransformationExtraArgs,
                         safe_increment, with_extra_args_support)
+
+_LOG = logging.getLogger(__name__)  # "gradx.wrappers", not the root logger
 
 
 def cond_update(predicate: jax.typing.ArrayLike, inner: GradientTransformationExtraArgs,
@@ -35,15 +37,14 @@ def cond_update(predicate: jax.typing.ArrayLike, inner: GradientTransformationEx
     def run(operands):
         upd, state, prm = operands
         new_updates, new_state = inner.update(upd, state, prm, **extra_args)
-        return new_updates, jax.tree.map(lambda new, old: jnp.asarray(new).astype(jnp.result_type(old)),
-                                         new_state, state)
+        return new_updates, jax.tree.map(plumbing.cast_like, new_state, state)
 
     out_shape = jax.eval_shape(lambda ops: run(ops)[0], (updates, inner_state, params))
 
     def skip(operands):
         upd, state, _ = operands
         if otherwise == "zeros":
-            fallback = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
+            fallback = plumbing.zeros_shaped(out_shape)
         else:
             fallback = jax.tree.map(lambda u, s: jnp.asarray(u).astype(s.dtype), upd, out_shape)
         return fallback, state
@@ -73,7 +74,7 @@ def apply_if_finite(inner: GradientTransformation,
     0, so it counts the current streak, and the next non-finite update is skipped again (Optax
     keeps counting and applies every further non-finite update until a finite one arrives).
     """
-    inner = with_extra_args_support(inner)
+    declared, inner = inner, with_extra_args_support(inner)
 
     def init(params):
         return ApplyIfFiniteState(notfinite_count=jnp.zeros([], jnp.int32),
@@ -94,7 +95,10 @@ def apply_if_finite(inner: GradientTransformation,
                                       safe_increment(state.total_notfinite)),
             inner_state=inner_state)
 
-    return GradientTransformationExtraArgs(init, update)
+    return tree_use.declare(
+        GradientTransformationExtraArgs(init, update), tree_use.GLOBAL, "apply_if_finite",
+        inner=(declared,),
+        rebuild=lambda convert, _: apply_if_finite(convert(0, declared), max_consecutive_errors))
 
 
 class ConditionFn(Protocol):
@@ -114,7 +118,7 @@ class ConditionallyMaskState(NamedTuple):
 
 
 def _conditionally(inner, should_transform_fn, forward_extra_args, otherwise, state_cls):
-    inner = with_extra_args_support(inner)
+    declared, inner = inner, with_extra_args_support(inner)
 
     def init(params):
         return state_cls(inner_state=inner.init(params), step=jnp.zeros([], jnp.int32))
@@ -125,7 +129,13 @@ def _conditionally(inner, should_transform_fn, forward_extra_args, otherwise, st
                                                params, extra_args, otherwise)
         return new_updates, state_cls(inner_state=inner_state, step=safe_increment(state.step))
 
-    return GradientTransformationExtraArgs(init, update)
+    def rebuild(convert, _):
+        return _conditionally(convert(0, declared), should_transform_fn, forward_extra_args,
+                              otherwise, state_cls)
+
+    return tree_use.declare(GradientTransformationExtraArgs(init, update), tree_use.ELEMENTWISE,
+                            f"conditionally ({state_cls.__name__})", inner=(declared,),
+                            rebuild=rebuild)
 
 
 def conditionally_transform(inner: GradientTransformation, should_transform_fn: ConditionFn,
@@ -214,7 +224,9 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
 
     Same state (``LookaheadState(fast_state, steps_since_sync)``) and numbers as
     ``optax.lookahead``. Differs: extra arguments reach the fast optimizer, and the reset keeps
-    each state leaf's dtype. ``sync_period < 1`` raises ``ValueError``.
+    each state leaf's dtype and replaces the fast state by a fresh one, NaN included (Optax
+    blends ``(1 - sync)·old + sync·fresh``, which keeps a NaN state NaN after the reset).
+    ``sync_period < 1`` raises ``ValueError``.
     """
     if sync_period < 1:
         raise ValueError(f"sync_period must be >= 1, got sync_period={sync_period!r}.")
@@ -223,7 +235,7 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
     def init(params):
         fast = getattr(params, "fast", None)
         if fast is None:
-            logging.warning("lookahead: `params` has no `fast` attribute; using them as the fast "
+            _LOG.warning("lookahead: `params` has no `fast` attribute; using them as the fast "
                             "parameters (pass LookaheadParams.init_synced(params)).")
             fast = params
         return LookaheadState(fast_state=fast_optimizer.init(fast),
@@ -241,8 +253,9 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
             fast=jax.tree.map(lambda u, d: u - sync * (1 - slow_step_size) * d, fast_updates, diff),
             slow=jax.tree.map(lambda d: slow_step_size * sync * d, diff))
         if reset_state:
-            fast_state = jax.tree.map(lambda fresh, old: jnp.where(sync, fresh, old).astype(old.dtype),
-                                      fast_optimizer.init(params.fast), fast_state)
+            fast_state = jax.tree.map(
+                lambda fresh, old: jnp.where(sync, plumbing.cast_like(fresh, old), old),
+                fast_optimizer.init(params.fast), fast_state)
         return new_updates, LookaheadState(fast_state, (state.steps_since_sync + 1) % sync_period)
 
     return GradientTransformationExtraArgs(init, update)

@@ -29,6 +29,14 @@ def make_grads(params, step, seed=1):
                               p.dtype), params)
 
 
+def toward_target(params, step):
+    """Gradients of a quadratic pulling every entry to 0.3, with step-dependent noise: for rules
+    that learn their step size from progress (D-Adaptation, Prodigy, Mechanic)."""
+    rng = np.random.default_rng(step)
+    return jax.tree.map(lambda p: (p - 0.3 + 0.1 * rng.normal(size=np.shape(p))).astype(p.dtype),
+                        params)
+
+
 def run(tx, params, n_steps=6, extra_args=None, jit=True, grads_fn=make_grads):
     """Runs ``n_steps`` updates; returns the list of updates, the final params and state.
 
@@ -61,12 +69,13 @@ def assert_trees_close(actual, expected, rtol=RTOL, atol=ATOL, what=""):
 
 
 def compare(gradx_tx, oracle_tx, params=None, n_steps=6, extra_args=None, rtol=RTOL, atol=ATOL,
-            compare_state=True):
+            compare_state=True, grads_fn=make_grads):
     """Runs both transformations on the same gradients and asserts equal updates (every step)
     and equal state leaves (at the end)."""
     params = make_params() if params is None else params
-    ours, our_params, our_state = run(gradx_tx, params, n_steps, extra_args)
-    theirs, their_params, their_state = run(oracle_tx, params, n_steps, extra_args)
+    ours, our_params, our_state = run(gradx_tx, params, n_steps, extra_args, grads_fn=grads_fn)
+    theirs, their_params, their_state = run(oracle_tx, params, n_steps, extra_args,
+                                            grads_fn=grads_fn)
     for step, (a, e) in enumerate(zip(ours, theirs)):
         assert_trees_close(a, e, rtol, atol, what=f"updates at step {step}")
     assert_trees_close(our_params, their_params, rtol, atol, what="final params")

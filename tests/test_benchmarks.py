@@ -19,7 +19,8 @@ def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     tiny = ["--recipes", "adamw,lion", "--large-width", "64", "--large-layers", "1",
             "--many-leaves", "40", "--compile-leaves", "20,40", "--model-width", "32",
-            "--model-depth", "2", "--model-batch", "4", "--repeats", "1", "--min-batch-s", "0.001"]
+            "--model-depth", "2", "--model-batch", "4", "--repeats", "1", "--min-batch-s", "0.001",
+            "--matrix-recipes", "", "--compile-recipes", "lion"]
     subprocess.run([sys.executable, str(BENCHMARKS / "bench.py"), *tiny, "--out", str(out)],
                    check=True, capture_output=True, timeout=600)
     subprocess.run([sys.executable, str(BENCHMARKS / "report.py"), str(out / "results.json")],
@@ -37,6 +38,10 @@ def test_every_regime_recipe_and_library_is_measured(results):
         optax_s = row["timings"]["optax"]["median_s"]
         for t in row["timings"].values():
             assert t["median_s"] > 0 and t["ratio_to_optax"] == t["median_s"] / optax_s
+    for row in r["model"]:  # the step without the optimizer, for the optimizer's share
+        assert row["forward_backward_s"] > 0
+        flat = row["timings"]["gradx-fused-flat"]
+        assert flat["optimizer_fraction"] == 1 - row["forward_backward_s"] / flat["median_s"]
     for row in r["steps"]:
         assert row["memory"]["gradx"]["temp_size_in_bytes"] >= 0
         assert row["bound_s"] == pytest.approx(
@@ -50,5 +55,6 @@ def test_report_writes_the_table_and_the_plots(results):
     out, _ = results
     table = (out / "table.md").read_text()
     assert "## Step time" in table and "| large | adamw |" in table and "## Compile time" in table
-    for name in ("step_vs_leaves.png", "compile_vs_leaves.png"):
+    assert "## Targets" in table and "| flat path, many-40 lion: step x optax |" in table
+    for name in ("step_vs_leaves.png", "compile_vs_leaves.png", "targets.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

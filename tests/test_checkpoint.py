@@ -174,15 +174,16 @@ def test_restoring_other_params_or_a_shorter_state_names_the_path(tmp_path):
 def test_state_format_version_is_saved_and_checked(tmp_path):
     _saved_adam(tmp_path)
     metadata = checkpoint.read_metadata(tmp_path)
-    assert metadata["state_format_version"] == checkpoint.STATE_FORMAT_VERSION == 1
+    assert metadata["state_format_version"] == checkpoint.STATE_FORMAT_VERSION == 2
     assert metadata["step"] == 2 and metadata["gradx_version"] == gradx.__version__
     assert metadata["opt_state"][1] == {"path": "0/mu/conv", "shape": [2, 3, 3, 4],
                                         "dtype": "float32", "states": ["ScaleByAdamState"]}
-    metadata["state_format_version"] = 2
+    metadata["state_format_version"] = 3
     (tmp_path / checkpoint.METADATA_FILE).write_text(json.dumps(metadata))
     params = make_params()
-    with pytest.raises(ValueError, match=r"has gradx state format version 2; this gradx reads "
-                                         r"version 1\.$"):
+    with pytest.raises(ValueError, match=r"has gradx state format version 3 \(written by gradx "
+                                         r".*, newer than this one\); this gradx \(.*\) reads "
+                                         r"versions 1 to 2: upgrade gradx\.$"):
         checkpoint.restore(tmp_path, params, gradx.adam(1e-2).init(params))
     with pytest.raises(FileNotFoundError, match="No gradx checkpoint in .*checkpoint.json is "):
         checkpoint.restore(tmp_path / "nothing", params, gradx.adam(1e-2).init(params))
@@ -351,3 +352,82 @@ def test_linen_train_state_resumes_from_a_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="'1/2/count' is in the checkpoint but not in "
                                          "opt_state_like"):
         checkpoint.restore(tmp_path, fresh.params, constant.init(fresh.params))
+
+
+# -- damaged checkpoints and older state-format versions -----------------------------------------
+
+def _two_checkpoints(tmp_path):
+    """Checkpoints of steps 2 and 3 in their own directories; returns what restore needs."""
+    params = make_params()
+    tx = gradx.adam(1e-2)
+    _, params, state = train(tx, params, tx.init(params), range(2))
+    checkpoint.save(tmp_path / "step2", params, state, step=2)
+    _, params3, state3 = train(tx, params, state, range(2, 3))
+    checkpoint.save(tmp_path / "step3", params3, state3, step=3)
+    return params, state, tx.init(params)
+
+
+def _largest_data_file(directory):
+    data = directory / checkpoint.read_metadata(directory)["data"]
+    return max((p for p in data.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "checkpoint.json").write_text((d / "checkpoint.json").read_text()[:200]),
+     r"checkpoint.json is not valid JSON \(.*\); the file was truncated or overwritten"),
+    (lambda d: (d / "checkpoint.json").write_bytes(b"\xff\xfe garbage"),
+     r"checkpoint.json is not valid JSON"),
+    (lambda d: (d / "checkpoint.json").write_text('{"step": 3}'),
+     r"checkpoint.json has no \['state_format_version', 'data', 'params', 'opt_state'\]"),
+    (lambda d: _largest_data_file(d).write_bytes(_largest_data_file(d).read_bytes()[:10]),
+     r"its data file 'data-\w+/.*' has 10 bytes, \d+ were written \(truncated\?\)"),
+    (lambda d: _largest_data_file(d).write_bytes(bytes(reversed(
+        _largest_data_file(d).read_bytes()))),
+     r"its data file .* does not hold the bytes that were written \(corrupted\)"),
+    (lambda d: _largest_data_file(d).unlink(), r"its data file .* is missing"),
+])
+def test_damaged_checkpoint_raises_and_the_previous_one_loads(tmp_path, damage, message):
+    params, state, like = _two_checkpoints(tmp_path)
+    damage(tmp_path / "step3")
+    with pytest.raises(ValueError, match=r"The gradx checkpoint in .*step3' is damaged: " + message):
+        checkpoint.restore(tmp_path / "step3", params, like)
+    restored = checkpoint.restore(tmp_path / "step2", params, like)
+    assert restored.step == 2
+    assert_identical(restored.opt_state, state)
+
+
+def test_orbax_read_errors_are_reported_as_damage(tmp_path):
+    """A checkpoint saved without digests (before they were recorded) whose data cannot be read:
+    Orbax's error is wrapped in one that names the checkpoint."""
+    params, _, like = _two_checkpoints(tmp_path)
+    metadata = checkpoint.read_metadata(tmp_path / "step3")
+    del metadata["files"]
+    (tmp_path / "step3" / "checkpoint.json").write_text(json.dumps(metadata))
+    import shutil
+    shutil.rmtree(tmp_path / "step3" / metadata["data"])
+    with pytest.raises(ValueError, match=r"is damaged: Orbax cannot read 'data-\w+' \("):
+        checkpoint.restore(tmp_path / "step3", params, like)
+
+
+def test_version_1_checkpoint_of_an_injected_schedule_loads(tmp_path):
+    """State format 1 stored a schedule's count as a bare int32 at hyperparams_states/<name>;
+    version 2 (Optax's layout) wraps it in WrappedScheduleState. A version-1 checkpoint loads."""
+    params = make_params()
+    tx = gradx.inject_hyperparams(gradx.adam)(learning_rate=gradx.linear_schedule(0.1, 0.0, 9))
+    _, params, state = train(tx, params, tx.init(params), range(3))
+    checkpoint.save(tmp_path, params, state, step=3)
+    metadata = checkpoint.read_metadata(tmp_path)
+    for record in metadata["opt_state"]:  # rewrite the records as version 1 wrote them
+        if record["states"][-1:] == ["WrappedScheduleState"]:
+            record["path"] = record["path"].removesuffix("/count")
+            record["states"] = record["states"][:-1]
+    metadata["state_format_version"] = 1
+    (tmp_path / checkpoint.METADATA_FILE).write_text(json.dumps(metadata))
+    restored = checkpoint.restore(tmp_path, params, tx.init(params))
+    assert_identical(restored.opt_state, state)
+    assert int(restored.opt_state.hyperparams_states["learning_rate"].count) == 3
+    metadata["state_format_version"] = 0
+    (tmp_path / checkpoint.METADATA_FILE).write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match=r"has gradx state format version 0; this gradx \(.*\) "
+                                         r"reads versions 1 to 2\.$"):
+        checkpoint.restore(tmp_path, params, tx.init(params))

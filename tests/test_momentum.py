@@ -114,7 +114,7 @@ def test_optimistic_gradient_exact_sequence():
 @pytest.mark.parametrize("factory, kwargs, message", [
     (gradx.trace, dict(decay=1.5), r"decay must be in \[0.0, 1.0\], got decay=1.5"),
     (gradx.trace, dict(decay=-0.9), r"decay must be in \[0.0, 1.0\], got decay=-0.9"),
-    (gradx.ema, dict(decay=1.0), r"decay must be in \[0.0, 1.0\), got decay=1.0"),
+    (gradx.ema, dict(decay=1.5), r"decay must be in \[0.0, 1.0\], got decay=1.5"),
     (gradx.ema, dict(decay=-0.1, debias=False), r"decay must be in \[0.0, 1.0\], got decay=-0.1"),
 ])
 def test_invalid_hyperparameters_raise(factory, kwargs, message):

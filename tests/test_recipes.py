@@ -13,7 +13,7 @@ import pytest
 
 import gradx
 import gradx.recipes as recipes
-from gradx.hyperparams import InjectStatefulHyperparamsState
+from gradx.hyperparams import InjectStatefulHyperparamsState, WrappedScheduleState
 from support import compare, make_grads, make_params, run
 
 # make_params(): dense/kernel (5, 3), dense/bias (3,), scale (), conv (2, 3, 3, 4), head (3, 2)
@@ -25,7 +25,7 @@ def lr_at(tx, params, count, name="learning_rate"):
     is_injected = lambda node: isinstance(node, InjectStatefulHyperparamsState)  # noqa: E731
     state = jax.tree.map(
         lambda node: node._replace(hyperparams_states={
-            k: jnp.asarray(count, jnp.int32) for k in node.hyperparams_states})
+            k: WrappedScheduleState(jnp.asarray(count, jnp.int32)) for k in node.hyperparams_states})
         if is_injected(node) else node, tx.init(params), is_leaf=is_injected)
     zeros = jax.tree.map(jnp.zeros_like, params)
     _, state = jax.jit(tx.update)(zeros, state, params)

@@ -141,7 +141,7 @@ def test_x64_computes_in_float64():
         assert got.dtype == jnp.float64 and reference.dtype == jnp.float64
         for i, id_ in enumerate(IDS):
             np.testing.assert_allclose(got[i], reference[i], rtol=1e-12, atol=1e-15, err_msg=id_)
-            assert ours[i](7).dtype == jnp.float64, id_
+            assert jnp.asarray(ours[i](7)).dtype == jnp.float64, id_  # constants: a Python float
         # A float32 count keeps its dtype.
         assert gradx.sgdr_schedule(SGDR)(jnp.float32(3.0)).dtype == jnp.float32
         # The optax defect being fixed: float32 out of the int32 optimizer count.

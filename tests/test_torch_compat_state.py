@@ -196,8 +196,10 @@ def test_errors_name_the_problem():
     torch_run = TorchRun("Adam", dict(lr=0.1), params)
     torch_run.run([grads])
     swapped = {**params, "w": params["w"].T}
-    with pytest.raises(ValueError, match=r"'exp_avg' for 'w' has shape \(4, 3\), the gradx state "
-                                         r"needs \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"'exp_avg' for 'w' \(torch parameter \d\) has shape "
+                                         r"\(4, 3\), the gradx state needs \(3, 4\): the same "
+                                         r"sizes in another layout: rearrange the array with "
+                                         r"convert="):
         tc.from_torch_state_dict(tc.adam(0.1), swapped, torch_run.opt.state_dict())
     torch_run = TorchRun("SGD", dict(lr=0.1, momentum=0.9), params)
     torch_run.run([grads])

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from gradx import checks
 from gradx.base import GradientTransformation, ScalarOrSchedule
 from gradx.leafwise import Moment, leafwise
-from gradx.plumbing import separate
+from gradx.plumbing import filled_like, separate
 from gradx.torch_compat._common import at, check, one_minus_pow, pow_
 
 # ---------------------------------------------------------------------------------------------
@@ -623,14 +623,12 @@ def adafactor(lr: ScalarOrSchedule = 1e-2, beta2_decay: float = -0.8, eps: tuple
         def init(p):
             if jnp.ndim(p) < 2:
                 return empty(p)
-            shape = list(jnp.shape(p))
-            shape[axis] = 1
-            return jnp.zeros(shape, jnp.result_type(p))
+            return jnp.expand_dims(filled_like(p, 0, drop_axes=(p.ndim + axis,)), axis)
 
         return init
 
     moments = [Moment("row_var", factor(-1)), Moment("col_var", factor(-2)),
-               Moment("variance", lambda p: empty(p) if jnp.ndim(p) > 1 else jnp.zeros_like(p))]
+               Moment("variance", lambda p: empty(p) if jnp.ndim(p) > 1 else filled_like(p, 0))]
     return _transformation(rule, AdafactorState, moments, step_scalars, True, elementwise=False)
 
 

@@ -72,6 +72,21 @@ def _torch_index(params, names, param_groups, torch_names) -> dict:
     return index
 
 
+def _shape_hint(torch_state: dict, field: str, needed: tuple, found: tuple) -> str:
+    """What to pass when a torch array's shape is not the leaf's: ``names=`` when the leaf is
+    another torch parameter (torch has one of the leaf's shape), else ``convert=``."""
+    others = sorted(i for i, entry in torch_state.items() if entry.get(field) is not None
+                    and _numpy(entry[field]).shape == needed)
+    if others:
+        return (f"torch parameter(s) {others} have that shape, so this leaf is probably one of "
+                "them: leaf i is torch parameter i by default (jax.tree.leaves order, which "
+                "sorts dict keys), pass names= (a torch name or index per leaf) or torch_names=.")
+    if sorted(found) == sorted(needed):
+        return "the same sizes in another layout: rearrange the array with convert=."
+    return ("check which torch parameter this leaf is (names=, torch_names=) and its layout "
+            "(convert=).")
+
+
 def _is_torch_state(x) -> bool:
     return isinstance(x, TORCH_STATES)
 
@@ -127,8 +142,10 @@ def from_torch_state_dict(tx: GradientTransformation, params: Any, state_dict: M
                 if convert is not None:
                     array = np.asarray(convert(path, field, array))
                 if array.shape != np.shape(x):
-                    raise ValueError(f"torch's '{field}' for '{path}' has shape {array.shape}, the "
-                                     f"gradx state needs {np.shape(x)} (use convert=).")
+                    raise ValueError(f"torch's '{field}' for '{path}' (torch parameter "
+                                     f"{index[path]}) has shape {array.shape}, the gradx state "
+                                     f"needs {np.shape(x)}: "
+                                     + _shape_hint(torch_state, field, np.shape(x), array.shape))
                 return jnp.asarray(array, jnp.result_type(x))
             fields[field] = jax.tree_util.tree_map_with_path(leaf, getattr(state, field))
         first = torch_state[index[present[0]]] if present else {}
