@@ -57,6 +57,12 @@ SIZES = {
 }
 SWEEP = (1 / 3, 1.0, 3.0)  # times each optimizer's usual learning rate
 AUX_ADAM_LR = 3e-3  # Muon's AdamW, on the leaves it does not orthogonalise: AdamW's usual rate
+# Shampoo: Meta's default blocks of 1024 (at the cpu size no axis is longer than 256, the
+# vocabulary and the MLP width, so every matrix is one block and a root is an eigh of at most
+# 256 x 256); roots every 10 steps, as SOAP's bases and Sophia's estimates: Meta's default,
+# every step, would make the eigh calls most of each step's time on a CPU.
+SHAMPOO_BLOCK = 1024
+SHAMPOO_REFRESH_EVERY = 10
 
 
 class Optimizer(NamedTuple):
@@ -70,6 +76,13 @@ def _defaults(size, shape):
     return {}
 
 
+def hidden_matrices(params) -> dict:
+    """Muon's dimension numbers: the transformer blocks' matrices (None elsewhere: AdamW)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: gradx.MuonDimensionNumbers() if x.ndim == 2 and path[0].key == "blocks"
+        else None, params)
+
+
 OPTIMIZERS = {
     "adamw": Optimizer("adamw", 3e-3, lambda size, shape: {"b2": 0.95, "weight_decay": 0.1},
                        "b1 0.9, b2 0.95, weight decay 0.1 (nanoGPT's)"),
@@ -80,12 +93,30 @@ OPTIMIZERS = {
     "sophia_h": Optimizer("sophia", 3e-4, _defaults,
                           "Optax's defaults (b1 0.965, b2 0.99, gamma 0.01, weight decay 1e-4, "
                           "refresh every 10 steps); Hutchinson estimator"),
-    "soap": Optimizer("soap", 3e-3, _defaults, "the official defaults"),
-    "shampoo": Optimizer("shampoo", 3e-3, _defaults, "the defaults of Meta's DistributedShampoo"),
-    "muon": Optimizer("muon", 0.02,
-                      lambda size, shape: {"adam_learning_rate": lambda c: AUX_ADAM_LR * shape(c)},
-                      f"Optax's defaults; its AdamW (other leaves) at peak rate {AUX_ADAM_LR} "
-                      "on the same schedule"),
+    "soap": Optimizer("soap", 3e-3, _defaults,
+                      "the official defaults (betas 0.95, 0.95, weight decay 0.01, eigenbases "
+                      "refreshed every 10 steps, every axis up to 10000 rotated)"),
+    "shampoo": Optimizer(
+        "shampoo", 3e-3,
+        lambda size, shape: {"betas": (0.9, 0.95), "weight_decay": 0.1, "grafting": "adam",
+                             "grafting_beta2": 0.95, "grafting_epsilon": 1e-8,
+                             "max_preconditioner_dim": SHAMPOO_BLOCK,
+                             "precondition_frequency": SHAMPOO_REFRESH_EVERY},
+        "Meta's recipe, AdamW's settings grafted (betas 0.9, 0.95, decoupled weight decay 0.1, "
+        "Adam grafting with epsilon 1e-8); Meta's defaults otherwise (epsilon 1e-12, eigh "
+        f"roots, blocks of {SHAMPOO_BLOCK}: at the cpu size no axis is longer than 256, so every "
+        f"matrix is one block); roots every {SHAMPOO_REFRESH_EVERY} steps (from step "
+        f"{SHAMPOO_REFRESH_EVERY}), as SOAP's bases and Sophia's estimates, instead of Meta's "
+        "every step, whose eigh calls would take most of each step on a CPU"),
+    "muon": Optimizer(
+        "muon", 0.02,
+        lambda size, shape: {"muon_weight_dimension_numbers": hidden_matrices,
+                             "adam_learning_rate": lambda c: AUX_ADAM_LR * shape(c),
+                             "adam_b2": 0.95, "adam_weight_decay": 0.1},
+        "Optax's defaults (beta 0.95, Nesterov, 5 Newton-Schulz steps) on the blocks' matrices; "
+        "the embeddings, positions, output layer and vectors get Optax's (N)AdamW with the "
+        f"baseline's settings (b2 0.95, weight decay 0.1) at peak rate {AUX_ADAM_LR} on the "
+        "same schedule, as Keller Jordan's recipe"),
 }
 
 
@@ -251,7 +282,7 @@ def markdown(result: dict) -> str:
         "time is the mean over the run (estimator refreshes included); memory is "
         "`gradx.memory_report` of the optimizer state.",
         "", "## Learning-rate sweep (final validation loss)", "", *sweep,
-        "", "## Settings (every optimizer: defaults but the learning rate and schedule)", "",
+        "", "## Settings (every optimizer on the same schedule, its peak learning rate swept)", "",
         *settings]
     if skipped:
         parts += ["", "Skipped (not in this gradx yet): " + ", ".join(skipped) + "."]

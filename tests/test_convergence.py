@@ -79,3 +79,23 @@ def test_writes_the_tables_and_both_plots(smoke_run):
     assert report.startswith("# Convergence") and result["command"] in report and table in report
     for name in ("convergence_steps.png", "convergence_seconds.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_muon_orthogonalises_the_hidden_matrices_only(convergence):
+    """Keller Jordan's recipe: Muon on the blocks' matrices, AdamW on the embeddings, positions,
+    output layer and vectors; the state then holds one buffer per hidden-matrix parameter
+    (the momentum) and two per other parameter (Adam's moments)."""
+    size = convergence.SIZES["smoke"]
+    params = convergence.char_lm.init_params(size.model)
+    dims = convergence.hidden_matrices(params)
+    block = dims["blocks"][0]
+    assert {k: type(v["kernel"]).__name__ for k, v in block.items() if "kernel" in v} == \
+        dict.fromkeys(("qkv", "proj", "fc", "fc_proj"), "MuonDimensionNumbers")
+    assert dims["embed"] is None and dims["positions"] is None and dims["head"]["kernel"] is None
+    assert block["qkv"]["bias"] is None and block["ln1"]["scale"] is None
+    hidden = sum(block[k]["kernel"].size for block in params["blocks"]
+                 for k in ("qkv", "proj", "fc", "fc_proj"))
+    total = sum(x.size for x in jax.tree.leaves(params))
+    muon = convergence.OPTIMIZERS["muon"]
+    report = convergence.gradx.memory_report(convergence.build(muon, muon.usual_lr, size), params)
+    assert report.buffers_per_param == pytest.approx((hidden + 2 * (total - hidden)) / total)

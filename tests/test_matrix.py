@@ -24,18 +24,20 @@ def tree(seed=0, dtype=jnp.float32, shapes=SHAPES):
     return {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
 
 
+def inner_jaxprs(eqn):
+    """The jaxprs an equation holds (a ``jit``'s, a ``cond``'s branches, ...)."""
+    for value in eqn.params.values():
+        for sub in value if isinstance(value, (tuple, list)) else [value]:
+            inner = getattr(sub, "jaxpr", sub)
+            if hasattr(inner, "eqns"):
+                yield inner
+
+
 def primitive_count(fn, *args, name):
     """How many equations of primitive ``name`` the jaxpr of ``fn`` holds (sub-jaxprs too)."""
     def count(jaxpr):
-        total = 0
-        for eqn in jaxpr.eqns:
-            total += eqn.primitive.name == name
-            for value in eqn.params.values():
-                for sub in value if isinstance(value, (tuple, list)) else [value]:
-                    inner = getattr(sub, "jaxpr", sub)
-                    if hasattr(inner, "eqns"):
-                        total += count(inner)
-        return total
+        return sum((eqn.primitive.name == name) + sum(count(j) for j in inner_jaxprs(eqn))
+                   for eqn in jaxpr.eqns)
     return count(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
@@ -84,6 +86,33 @@ def test_map_stacked_calls_once_per_shape_and_static_value():
     assert sorted(calls) == [((1, 2, 2), 4), ((1, 3, 3), 2), ((5, 3, 3), 4)]
     for (a, b, p), result in zip(items, out):
         np.testing.assert_allclose(result, a * p + b)
+
+
+def test_map_stacked_runs_each_call_after_all_of_the_previous_one():
+    """Two batched LAPACK calls at once deadlock a 2-thread CPU pool, so each call's input
+    depends on every output of the previous call, also on the one computed last: here the QR,
+    after a sort order (SOAP's refresh; a dependency on the first output only let the QRs
+    overlap and hung a 2-core run)."""
+
+    def fn(x):
+        return jnp.argsort(jnp.sum(x, axis=-1), axis=-1), jnp.linalg.qr(x)[0]
+
+    def qr_dependencies(jaxpr):
+        """For each top-level equation holding a ``qr``, the earlier ones it depends on."""
+        sources, found = {}, []
+        for eqn in jaxpr.eqns:
+            deps = set().union(*(sources.get(v, set()) for v in eqn.invars
+                                 if not isinstance(v, jax.extend.core.Literal)))
+            if any(e.primitive.name == "qr" for j in inner_jaxprs(eqn) for e in j.eqns):
+                found.append(deps)
+                deps = deps | {len(found) - 1}
+            sources.update(dict.fromkeys(eqn.outvars, deps))
+        return found
+
+    items = [(jnp.ones((2, 3, 3)),), (jnp.ones((1, 4, 4)),), (jnp.ones((1, 2, 2)),)]
+    jaxpr = jax.make_jaxpr(lambda *xs: map_stacked(fn, [(x,) for x in xs]))(
+        *(x for x, in items)).jaxpr
+    assert qr_dependencies(jaxpr) == [set(), {0}, {0, 1}]
 
 
 # ---------------------------------------------------------------------------------------------

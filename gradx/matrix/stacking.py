@@ -39,10 +39,12 @@ def _key(item: Sequence[Any]) -> Hashable:
 
 
 def _after(x: jax.Array, previous: Any) -> jax.Array:
-    """``x`` plus a zero computed from ``previous`` (exactly ``x``, NaNs in ``previous`` or not),
-    so that ``x``'s consumers run after ``previous`` is computed."""
-    first = jnp.ravel(jax.tree.leaves(previous)[0])[0]
-    return x + (first == first).astype(x.dtype) * 0
+    """``x`` plus a zero computed from every array of ``previous`` (exactly ``x``, NaNs in
+    ``previous`` or not), so that ``x``'s consumers run after all of ``previous`` is computed.
+    Every array: a call's outputs are not ready together (SOAP's refresh returns a sort order
+    computed before its ``qr``; a zero from the order alone let two ``qr`` calls run at once)."""
+    firsts = [jnp.ravel(leaf)[0] for leaf in jax.tree.leaves(previous)]
+    return x + sum((v == v).astype(x.dtype) for v in firsts) * 0
 
 
 def map_stacked(fn: Callable[..., Any], items: Sequence[Sequence[Any]]) -> list:
