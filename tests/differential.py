@@ -334,6 +334,22 @@ def cases(draw):
 # -- running and comparing -------------------------------------------------------------------------
 
 _CACHE: dict = {}
+# Compiled programs kept at once: a long run drops them all (and JAX's caches) past this, since
+# thousands of live XLA executables exhaust the process's memory maps ("LLVM compilation error:
+# Cannot allocate memory" after ~2,500 of them).
+CACHE_LIMIT = 400
+COMPILED = {"programs": 0}
+
+
+def _cached(key, make):
+    """``_CACHE[key]``, made by ``make()`` when absent (counted in ``COMPILED``)."""
+    if key not in _CACHE:
+        if len(_CACHE) >= CACHE_LIMIT:
+            _CACHE.clear()
+            jax.clear_caches()
+        _CACHE[key] = make()
+        COMPILED["programs"] += 1
+    return _CACHE[key]
 
 
 def _loss(params):
@@ -344,25 +360,37 @@ def _loss(params):
 def _compiled(lib, case):
     """The jitted ``N_STEPS`` run of the case's transformation, cached by everything but the
     numbers (tree, dtype, spec)."""
-    key = (lib.__name__, case.tree, case.dtype, case.tx)
-    if key not in _CACHE:
-        tx = build(lib, case.tx, case.tree)
-        value = bool(names_in(case.tx) & NEEDS_VALUE)
+    return _cached((lib.__name__, case.tree, case.dtype, case.tx), lambda: _make_run(lib, case))
 
-        def run(params, grads):
-            if case.lookahead:
-                params = lib.LookaheadParams.init_synced(params)
-            state = tx.init(params)
-            history = []
-            for g in grads:
-                extra = {"value": _loss(params)} if value else {}
-                updates, state = tx.update(g, state, params, **extra)
-                params = lib.apply_updates(params, updates)
-                history.append(updates)
-            return history, state
 
-        _CACHE[key] = jax.jit(run)
-    return _CACHE[key]
+def _make_run(lib, case):
+    """The run of ``_compiled``: ``init`` and one ``update`` step, each jitted (a step compiles
+    once per state signature: one program for gradx, two where Optax's state changes dtype at
+    the first step), called ``N_STEPS`` times."""
+    tx = build(lib, case.tx, case.tree)
+    value = bool(names_in(case.tx) & NEEDS_VALUE)
+
+    @jax.jit
+    def init(params):
+        if case.lookahead:
+            params = lib.LookaheadParams.init_synced(params)
+        return params, tx.init(params)
+
+    @jax.jit
+    def step(grads, state, params):
+        extra = {"value": _loss(params)} if value else {}
+        updates, state = tx.update(grads, state, params, **extra)
+        return updates, state, lib.apply_updates(params, updates)
+
+    def run(params, grads):
+        params, state = init(params)
+        history = []
+        for g in grads:
+            updates, state, params = step(g, state, params)
+            history.append(updates)
+        return history, state
+
+    return run
 
 
 def _inputs(case):
@@ -519,6 +547,10 @@ EXPLANATIONS = (
     ("lookahead's reset gives a fresh state where Optax's blend keeps a NaN (README)",
      lambda case, p: case.lookahead and case.tx[4] and p.where == "state"
      and "fast_state" in p.path and p.kind == "value" and np.isnan(p.theirs)),
+    ("lookahead's reset is a fresh state where Optax's blend multiplies a typed PRNG key and "
+     "raises (README: lookahead(reset_state=True))",
+     lambda case, p: case.lookahead and case.tx[4] and p.kind == "error" and p.ours == "no error"
+     and "multiply does not accept dtypes" in p.theirs and "key<" in p.theirs),
     ("MultiSteps keeps a NaN in its window where Optax's stays NaN for good (README)",
      lambda case, p: "multi_steps" in names_in(case.tx) and p.kind == "value"
      and _nonfinite_inputs(case)),
@@ -590,8 +622,7 @@ def compare_torch_case(case) -> list[str]:
     kwargs = dict(case.kwargs)
     tensors = [torch.nn.Parameter(torch.tensor(p)) for p in params]
     opt = getattr(torch.optim, case.optimizer)(tensors, **kwargs)
-    key = ("torch", case.optimizer, case.kwargs, case.shapes)
-    if key not in _CACHE:
+    def make():
         tx = getattr(tc, TORCH_OPTIMIZERS[case.optimizer][0])(**kwargs)
 
         def run(params, grads):
@@ -601,9 +632,10 @@ def compare_torch_case(case) -> list[str]:
                 params = apply_updates(params, updates)
             return params
 
-        _CACHE[key] = jax.jit(run)
-    ours = _CACHE[key]([jnp.asarray(p) for p in params],
-                       [[jnp.asarray(g) for g in gs] for gs in grads])
+        return jax.jit(run)
+
+    ours = _cached(("torch", case.optimizer, case.kwargs, case.shapes), make)(
+        [jnp.asarray(p) for p in params], [[jnp.asarray(g) for g in gs] for gs in grads])
     for gs in grads:
         for t, g in zip(tensors, gs):
             t.grad = torch.tensor(g)
@@ -626,8 +658,25 @@ def _settings(examples, derandomize):
 
 def fuzz(examples: int, torch_examples: int, derandomize: bool, out: str) -> dict:
     """Runs ``examples`` Optax cases and ``torch_examples`` torch cases; records every mismatch
-    (nothing stops the run) and returns the figures."""
+    (nothing stops the run) and returns the figures, written to ``out`` every 100 cases too."""
     found, counts, start = [], {"optax": 0, "torch": 0}, time.time()
+
+    def figures():
+        explained = {}
+        for item in found:
+            if item["explanation"]:
+                explained[item["explanation"]] = explained.get(item["explanation"], 0) + 1
+        result = {"optax_examples": counts["optax"], "torch_examples": counts["torch"],
+                  "mismatches": len(found),
+                  "examples_with_mismatches": len({item["case"] for item in found}),
+                  "unexplained": sum(not item["explanation"] for item in found),
+                  "examples_with_unexplained": len({item["case"] for item in found
+                                                    if not item["explanation"]}),
+                  "explained": explained, "seconds": round(time.time() - start),
+                  "compiled_programs": COMPILED["programs"], "found": found}
+        with open(out, "w") as handle:
+            json.dump(result, handle, indent=1)
+        return result
 
     def record(compare, case):
         try:
@@ -644,30 +693,19 @@ def fuzz(examples: int, torch_examples: int, derandomize: bool, out: str) -> dic
         counts["optax"] += 1
         record(compare_case, case)
         if counts["optax"] % 100 == 0:
-            print(f"{counts['optax']} optax cases, {len(found)} mismatches, "
-                  f"{time.time() - start:.0f} s, {len(_CACHE)} programs", flush=True)
+            result = figures()
+            print(f"{counts['optax']} optax cases, {result['mismatches']} mismatches "
+                  f"({result['unexplained']} unexplained), {result['seconds']} s, "
+                  f"{result['compiled_programs']} programs", flush=True)
 
-    @_settings(torch_examples, derandomize)
-    @given(torch_cases())
     def torch_runs(case):
         counts["torch"] += 1
         record(compare_torch_case, case)
 
     optax_cases()
     if torch_examples:
-        torch_runs()
-    explained = {}
-    for item in found:
-        if item["explanation"]:
-            explained[item["explanation"]] = explained.get(item["explanation"], 0) + 1
-    figures = {"optax_examples": counts["optax"], "torch_examples": counts["torch"],
-               "mismatches": len(found),
-               "unexplained": sum(not item["explanation"] for item in found),
-               "explained": explained, "seconds": round(time.time() - start),
-               "compiled_programs": len(_CACHE), "found": found}
-    with open(out, "w") as handle:
-        json.dump(figures, handle, indent=1)
-    return figures
+        _settings(torch_examples, derandomize)(given(torch_cases())(torch_runs))()
+    return figures()
 
 
 if __name__ == "__main__":

@@ -424,6 +424,26 @@ def test_lookahead_reset_clears_a_nan_fast_state():
     assert np.isnan(states["optax"].mu[0]) and states["optax"].mu[1] == 0.0
 
 
+def test_lookahead_reset_of_a_state_holding_a_typed_key():
+    """noisy_sgd's typed PRNG key: gradx's reset restores the fresh key; Optax's blend,
+    computed at every step, multiplies the key and raises at the first update."""
+    for lib in (gradx, optax):
+        tx = lib.lookahead(lib.noisy_sgd(0.1, key=jax.random.key(3)), 2, 0.5, reset_state=True)
+        params = lib.LookaheadParams.init_synced(jnp.zeros(2))
+        update = jax.jit(tx.update)
+        if lib is optax:
+            with pytest.raises(TypeError, match=r"multiply does not accept dtypes .*key"):
+                update(jnp.ones(2), tx.init(params), params)
+            continue
+        _, state = update(jnp.ones(2), tx.init(params), params)
+        fresh_key = jax.tree.leaves(tx.init(params).fast_state)[-1]
+        moved_key = jax.tree.leaves(state.fast_state)[-1]
+        assert not np.array_equal(jax.random.key_data(moved_key), jax.random.key_data(fresh_key))
+        _, state = update(jnp.ones(2), state, params)  # sync: a fresh fast state
+        np.testing.assert_array_equal(jax.random.key_data(jax.tree.leaves(state.fast_state)[-1]),
+                                      jax.random.key_data(fresh_key))
+
+
 # -- counters and sums under x64 have Optax's dtypes ---------------------------------------------
 
 def test_x64_dtypes_of_skip_counts_and_dog_sums():

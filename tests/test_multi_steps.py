@@ -150,3 +150,18 @@ def test_accumulator_follows_float64_under_x64():
         for g in grads:
             u, state = tx.update({"w": jnp.full(2, g, jnp.float64)}, state, params)
         np.testing.assert_allclose(u["w"], -np.full(2, np.mean(grads)), rtol=1e-15)
+
+
+def test_accumulator_keeps_complex_gradients():
+    """Complex params accumulate complex gradients: the mean of 1+2j and 3-4j is 2-1j, where
+    Optax's float32 accumulator dropped the first gradient's imaginary part (1 + (3-4j - 1)/2 =
+    2-2j)."""
+    params = {"w": jnp.zeros(2, jnp.complex64)}
+    grads = [jnp.full(2, 1 + 2j, jnp.complex64), jnp.full(2, 3 - 4j, jnp.complex64)]
+    for tx, expected in ((MultiSteps(optax.sgd(1.0), 2), -(2 - 1j)),
+                         (optax.MultiSteps(optax.sgd(1.0), 2), -(2 - 2j))):
+        state = tx.init(params)
+        for g in grads:
+            updates, state = tx.update({"w": g}, state, params)
+        np.testing.assert_allclose(np.asarray(updates["w"]), np.full(2, expected), rtol=1e-6)
+    assert MultiSteps(optax.sgd(1.0), 2).init(params).acc_grads["w"].dtype == jnp.complex64

@@ -54,13 +54,21 @@ def in_scope(test: doctest.DocTest) -> bool:
 
 @contextlib.contextmanager
 def optax_is(module):
-    """``import optax`` gives ``module`` while the block runs."""
-    saved = sys.modules["optax"]
-    sys.modules["optax"] = module
+    """``import optax`` gives ``module`` while the block runs, and ``from optax.<sub> import x``
+    its ``<sub>`` (``optax.losses``, ``optax.contrib``...) where it has one."""
+    from optax_swap import SUBMODULES
+    names = ["optax"] + [f"optax.{sub}" for sub in SUBMODULES if hasattr(module, sub)]
+    saved = {name: sys.modules.get(name) for name in names}
+    sys.modules.update({name: getattr(module, name[len("optax."):]) if "." in name else module
+                        for name in names})
     try:
         yield
     finally:
-        sys.modules["optax"] = saved
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
 
 
 def run(test: doctest.DocTest, library) -> tuple[bool, str]:
