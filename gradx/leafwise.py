@@ -138,20 +138,40 @@ def _check_lossless(new, old, what: str, updates, index: int) -> None:
 
 
 def _compiled(step_scalars: Callable[..., Any]) -> Callable[..., Any]:
-    """``step_scalars`` under ``jax.jit(inline=True)``, as Optax jits its bias correction.
+    """``step_scalars`` as a jitted update computes it, also outside ``jit``.
 
-    Inside a jitted update it is inlined (the same program); outside ``jit`` it runs as one
-    cached program instead of op by op, where ``b1 ** count`` on a concrete count compiles a new
-    ``integer_pow`` at every step and rounds differently from the jitted update. A function that
-    cannot be traced (a schedule branching on the count in Python) runs as it is.
+    Inside a trace (a jitted update) it runs as it is, inlined in the update's program: a
+    Python-number hyperparameter it returns stays a Python number, so ``(1 - b3) * m`` rounds
+    ``1 - b3`` in double precision, as Optax's rules do (through a ``jit`` boundary it would
+    become a float32 array, ``1 - 0.9999`` off by 1.7e-4 relative). Outside ``jit`` its array
+    outputs come from one cached program, as they would inside the jitted update (op by op,
+    ``b1 ** count`` on a concrete count compiles a new ``integer_pow`` at every step and rounds
+    differently); its other outputs (Python numbers, static structure) are kept from the trace,
+    per input signature. A function that cannot be traced (a schedule branching on the count in
+    Python) runs as it is.
     """
-    compiled = jax.jit(step_scalars, inline=True)
+    static_outputs = {}
+
+    def arrays_only(signature, *args, **kwargs):
+        leaves, treedef = jax.tree.flatten(step_scalars(*args, **kwargs))
+        is_array = [isinstance(x, jax.Array) for x in leaves]
+        static_outputs[signature] = treedef, is_array, [
+            None if a else x for a, x in zip(is_array, leaves)]
+        return [x for a, x in zip(is_array, leaves) if a]
+
+    compiled = jax.jit(arrays_only, static_argnums=0)
 
     def call(*args, **kwargs):
+        leaves, structure = jax.tree.flatten((args, kwargs))
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+            return step_scalars(*args, **kwargs)
+        signature = (structure, tuple(jax.typeof(x) for x in leaves))
         try:
-            return compiled(*args, **kwargs)
+            arrays = iter(compiled(signature, *args, **kwargs))
         except jax.errors.ConcretizationTypeError:
             return step_scalars(*args, **kwargs)
+        treedef, is_array, static = static_outputs[signature]
+        return treedef.unflatten([next(arrays) if a else x for a, x in zip(is_array, static)])
 
     return call
 
