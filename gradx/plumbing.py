@@ -259,14 +259,24 @@ def l1_norm(tree: PyTree) -> jax.Array:
     return _total([jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)])
 
 
-def vdot(a: PyTree, b: PyTree) -> jax.Array:
-    """``Σ conj(a)·b`` over every element of two trees of the same structure: one contraction
-    per leaf at the highest precision, summed in flattening order (as Optax's ``tree.vdot``)."""
-    def leaf(x, y):
-        x = jnp.conj(x) if jnp.iscomplexobj(x) else x
-        return jnp.tensordot(x, y, jnp.ndim(x), precision=jax.lax.Precision.HIGHEST)
+def leaf_vdot(a, b) -> jax.Array:
+    """``Σ conj(a)·b`` over one leaf at the highest matmul precision, without raveling (which
+    would move data between devices of a sharded leaf); replicated under explicit sharding."""
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"vdot needs leaves of the same shape, got {a.shape} and {b.shape}.")
+    if jnp.iscomplexobj(a):
+        a = jnp.conj(a)
+    mesh = jax.typeof(a).sharding.mesh
+    sharding = (jax.sharding.NamedSharding(mesh, jax.P()) if mesh.are_all_axes_explicit
+                else None)
+    return jnp.tensordot(a, b, a.ndim, precision=jax.lax.Precision.HIGHEST, out_sharding=sharding)
 
-    return _total(jax.tree.leaves(jax.tree.map(leaf, a, b)))
+
+def vdot(a: PyTree, b: PyTree) -> jax.Array:
+    """``Σ conj(a)·b`` over every element of two trees of the same structure: ``leaf_vdot``
+    per leaf, summed in flattening order (as Optax's ``tree.vdot``)."""
+    return _total(jax.tree.leaves(jax.tree.map(leaf_vdot, a, b)))
 
 
 def full_in_lowest_dtype(value, shape=()):

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from gradx.plumbing import PyTree, abs_sq, squared_norm
+from gradx.plumbing import PyTree, abs_sq, leaf_vdot, squared_norm
 
 __all__ = [
     "tree_add", "tree_sub", "tree_mul", "tree_div", "tree_scale", "tree_add_scale", "tree_vdot",
@@ -65,23 +65,9 @@ def tree_add_scale(tree_x: PyTree, scalar: jax.typing.ArrayLike, tree_y: PyTree)
                         is_leaf=lambda x: x is None)
 
 
-def _vdot(a, b):
-    """``Σ conj(a)·b`` over one leaf at the highest matmul precision, without raveling (which
-    would move data between devices of a sharded leaf)."""
-    a, b = jnp.asarray(a), jnp.asarray(b)
-    if a.shape != b.shape:
-        raise ValueError(f"tree_vdot needs leaves of the same shape, got {a.shape} and {b.shape}.")
-    if jnp.iscomplexobj(a):
-        a = jnp.conj(a)
-    mesh = jax.typeof(a).sharding.mesh
-    sharding = (jax.sharding.NamedSharding(mesh, jax.P()) if mesh.are_all_axes_explicit
-                else None)
-    return jnp.tensordot(a, b, a.ndim, precision=jax.lax.Precision.HIGHEST, out_sharding=sharding)
-
-
 def tree_vdot(tree_x: PyTree, tree_y: PyTree) -> jax.typing.ArrayLike:
     """The inner product ``Σ conj(x)·y`` over all the leaves (0 for empty trees)."""
-    return jax.tree.reduce(operator.add, jax.tree.map(_vdot, tree_x, tree_y), initializer=0)
+    return jax.tree.reduce(operator.add, jax.tree.map(leaf_vdot, tree_x, tree_y), initializer=0)
 
 
 def tree_sum(tree: PyTree, associative_reduction: bool = False) -> jax.typing.ArrayLike:

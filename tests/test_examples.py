@@ -23,13 +23,17 @@ PLOTS = {
     "second_order": ["second_order.png"],
 }
 SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
+# examples/distributed.py --smoke (two processes and a one-process reference) runs once, in
+# tests/test_sharding.py::test_two_processes_match_one_process, which also checks its plot.
+RUN_ELSEWHERE = {"distributed"}
 
 
 def test_every_documented_example_exists():
     assert set(PLOTS) <= {p.stem for p in SCRIPTS}
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("script", [p for p in SCRIPTS if p.stem not in RUN_ELSEWHERE],
+                         ids=lambda p: p.stem)
 def test_example_runs_with_smoke_and_writes_its_plots(script):
     started = time.time() - 1
     # Smoke runs only check that the scripts work: skip XLA's optimisation passes (compiling

@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -37,9 +38,12 @@ def test_on_eight_devices():
 def test_two_processes_match_one_process():
     """Two processes of 4 devices (jax.distributed on 127.0.0.1) train as one process of 8,
     and their sharded checkpoint restores bit for bit there and, resharded, in one process."""
+    plot = ROOT / "examples" / "out" / "distributed.png"
+    started = time.time() - 1
     result = _run([str(ROOT / "examples" / "distributed.py"), "--smoke", "--processes", "2",
                    "--timeout", "240"], timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert plot.stat().st_mtime >= started and plot.stat().st_size > 10_000  # the example's plot
     lines = result.stdout.splitlines()
     assert any("checkpoint restored bit for bit" in line for line in lines), result.stdout
     difference = next(line for line in lines if "2 processes vs 1 process" in line)

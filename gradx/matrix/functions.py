@@ -32,12 +32,6 @@ def compute_dtype(x=None):
 # ---------------------------------------------------------------------------------------------
 # Power iteration (Optax's top-level function)
 
-def _tree_vdot(x, y):
-    return sum(jnp.tensordot(jnp.conj(a) if jnp.iscomplexobj(a) else a, b, jnp.ndim(a),
-                             precision=HIGHEST)
-               for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
-
-
 def _normalize(tree):
     return jax.tree.map(lambda x, n=plumbing.global_norm(tree): (1.0 / n) * x, tree)
 
@@ -84,7 +78,7 @@ def power_iteration(matrix: Union[jax.typing.ArrayLike, Callable[[Any], Any]], *
         _, z, _, i = loop
         vector = _normalize(z)
         z = mvp(vector)
-        return vector, z, _tree_vdot(vector, z).astype(dtype), i + 1
+        return vector, z, plumbing.vdot(vector, z).astype(dtype), i + 1
 
     init = (v0, mvp(v0), jnp.zeros([], dtype), jnp.asarray(0))
     _, z, eig, _ = lax.while_loop(cond, body, init)
