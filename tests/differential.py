@@ -551,6 +551,11 @@ EXPLANATIONS = (
      "raises (README: lookahead(reset_state=True))",
      lambda case, p: case.lookahead and case.tx[4] and p.kind == "error" and p.ours == "no error"
      and "multiply does not accept dtypes" in p.theirs and "key<" in p.theirs),
+    ("lookahead's reset is a fresh state where Optax's blend turns a boolean state field "
+     "(optimistic_adam_v2's is_initial_step) into int32 (README: lookahead(reset_state=True))",
+     lambda case, p: case.lookahead and case.tx[4] and p.kind == "layout"
+     and "fast_state" in p.path and p.ours[0] == "bool" and p.theirs[0] == "int32"
+     and p.ours[1] == p.theirs[1]),
     ("MultiSteps keeps a NaN in its window where Optax's stays NaN for good (README)",
      lambda case, p: "multi_steps" in names_in(case.tx) and p.kind == "value"
      and _nonfinite_inputs(case)),
