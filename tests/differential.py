@@ -556,6 +556,15 @@ EXPLANATIONS = (
      lambda case, p: case.lookahead and case.tx[4] and p.kind == "layout"
      and "fast_state" in p.path and p.ours[0] == "bool" and p.theirs[0] == "int32"
      and p.ours[1] == p.theirs[1]),
+    ("MultiSteps runs the inner optimizer on emitting steps only; Optax's runs it on every "
+     "mini-step and multiplies its output by 0, so an inner update that overflows makes the "
+     "mini-step's update NaN where gradx's is 0 (README: MultiSteps runs the inner optimizer)",
+     lambda case, p: "multi_steps" in names_in(case.tx) and p.kind == "value"
+     and p.where == "updates" and np.isnan(p.theirs) and p.ours == 0.0),
+    ("lookahead's reset gives a fresh state where Optax's blend turns an Inf state NaN "
+     "(0·Inf), and the next updates NaN (README: lookahead(reset_state=True))",
+     lambda case, p: case.lookahead and case.tx[4] and p.kind == "value"
+     and np.isnan(p.theirs) and not np.isnan(p.ours)),
     ("MultiSteps keeps a NaN in its window where Optax's stays NaN for good (README)",
      lambda case, p: "multi_steps" in names_in(case.tx) and p.kind == "value"
      and _nonfinite_inputs(case)),

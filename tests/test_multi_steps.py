@@ -9,6 +9,8 @@ import numpy as np
 import optax
 import pytest
 
+import gradx
+
 from gradx.multi_steps import (MultiSteps, MultiStepsState, skip_large_updates, skip_not_finite)
 from support import assert_trees_close, compare, make_params
 
@@ -165,3 +167,17 @@ def test_accumulator_keeps_complex_gradients():
             updates, state = tx.update({"w": g}, state, params)
         np.testing.assert_allclose(np.asarray(updates["w"]), np.full(2, expected), rtol=1e-6)
     assert MultiSteps(optax.sgd(1.0), 2).init(params).acc_grads["w"].dtype == jnp.complex64
+
+
+def test_mini_steps_are_zeros_where_optaxs_inner_update_overflows():
+    """float16 Nesterov AdaBelief with a gradient of 30000: its moments overflow to Inf and the
+    inner update is NaN (Inf / Inf). Optax runs the inner optimizer on the mini-step and multiplies its output by
+    0 (NaN); gradx runs it on the emitting step only, so the mini-step's update is 0."""
+    params = {"w": jnp.zeros(2, jnp.float16)}
+    grads = {"w": jnp.array([30000.0, 0.5], jnp.float16)}
+    ours = MultiSteps(gradx.adabelief(0.1, nesterov=True), 2)
+    theirs = optax.MultiSteps(optax.adabelief(0.1, nesterov=True), 2)
+    u, _ = jax.jit(ours.update)(grads, ours.init(params), params)
+    v, _ = jax.jit(theirs.update)(grads, theirs.init(params), params)
+    np.testing.assert_array_equal(np.asarray(u["w"], np.float32), 0.0)
+    assert np.isnan(np.asarray(v["w"], np.float32)[0])
