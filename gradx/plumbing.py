@@ -259,18 +259,25 @@ def l1_norm(tree: PyTree) -> jax.Array:
     return _total([jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)])
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _contract_all(a, b, out_sharding):
+    a = jnp.conj(a) if jnp.iscomplexobj(a) else a
+    return jnp.tensordot(a, b, a.ndim, precision=jax.lax.Precision.HIGHEST,
+                         out_sharding=out_sharding)
+
+
 def leaf_vdot(a, b) -> jax.Array:
     """``Σ conj(a)·b`` over one leaf at the highest matmul precision, without raveling (which
-    would move data between devices of a sharded leaf); replicated under explicit sharding."""
+    would move data between devices of a sharded leaf); replicated under explicit sharding.
+    One compiled program, also outside ``jit`` (as ``jnp.vdot``): op by op, a complex-by-real
+    contraction rounds differently from the jitted one."""
     a, b = jnp.asarray(a), jnp.asarray(b)
     if a.shape != b.shape:
         raise ValueError(f"vdot needs leaves of the same shape, got {a.shape} and {b.shape}.")
-    if jnp.iscomplexobj(a):
-        a = jnp.conj(a)
     mesh = jax.typeof(a).sharding.mesh
     sharding = (jax.sharding.NamedSharding(mesh, jax.P()) if mesh.are_all_axes_explicit
                 else None)
-    return jnp.tensordot(a, b, a.ndim, precision=jax.lax.Precision.HIGHEST, out_sharding=sharding)
+    return _contract_all(a, b, sharding)
 
 
 def vdot(a: PyTree, b: PyTree) -> jax.Array:

@@ -10,7 +10,7 @@ import pytest
 
 import gradx
 from contrib_support import compare_with_torch
-from support import compare, compare_bf16, make_params
+from support import assert_trees_close, compare, compare_bf16, make_params
 
 
 def test_adopt_matches_optax_and_torch_adopt():
@@ -62,3 +62,21 @@ def test_bad_hyperparameters():
         gradx.contrib.adopt(0.1, eps=-1.0)
     with pytest.raises(ValueError, match="decouple"):
         gradx.contrib.adopt(0.1, decouple="yes")
+
+
+def test_adopt_in_inject_hyperparams_gives_plain_adopts_updates():
+    """inject_hyperparams injects every numeric default, weight_decay=0.0 included, as an
+    array (traced in the update): adopt then keeps its decay stage (a zero decay) instead of
+    raising on ``weight_decay == 0``, and gives the plain optimizer's updates. Its chain holds
+    that stage, which plain ``adopt(weight_decay=0.0)`` leaves out as Optax's adopt has none."""
+    params = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
+    grads = [jnp.ones((2, 3)), -jnp.ones((2, 5, 2))]
+    plain = gradx.contrib.adopt(1e-2)
+    injected = gradx.inject_hyperparams(gradx.contrib.adopt, static_args=("clip_value_fn",))(
+        learning_rate=1e-2)
+    state, state_injected = plain.init(params), injected.init(params)
+    for _ in range(3):
+        u, state = jax.jit(plain.update)(grads, state, params)
+        v, state_injected = jax.jit(injected.update)(grads, state_injected, params)
+        assert_trees_close(v, u, rtol=1e-6, atol=0)
+    assert float(state_injected.hyperparams["weight_decay"]) == 0.0

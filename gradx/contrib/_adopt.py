@@ -93,7 +93,9 @@ def adopt(learning_rate: ScalarOrSchedule, b1=0.9, b2=0.9999, eps=1e-6,
     scaled = scale_by_adopt(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, nesterov=nesterov,
                             use_clipping=use_clipping, clip_value_fn=clip_value_fn)
     lr = scale_by_learning_rate(learning_rate)
-    if not callable(weight_decay) and weight_decay == 0.0:
+    # A Python zero leaves the decay out (Optax's chain and state); any other value, including
+    # an array injected by inject_hyperparams (traced in its update), keeps it.
+    if isinstance(weight_decay, (int, float)) and weight_decay == 0.0:
         return chain(scaled, lr)
     if not decouple:
         return chain(add_decayed_weights(weight_decay, mask), scaled, lr)
