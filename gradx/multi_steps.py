@@ -11,8 +11,9 @@ Two faces over one micro-step rule (``_micro_step``):
 Memory and compute: the only full-size buffer either adds is the accumulator ``acc_grads``. The
 inner optimizer runs only on the emitting micro-step, under ``lax.cond``; on the other
 micro-steps it is not evaluated at all (Optax evaluates it on every mini-step and throws the
-result away, optax#472/#528), so its step count, and any schedule driven by it, advances once
-per optimizer step.
+result away by multiplying it by 0, optax#472/#528, so an inner update that overflows to NaN
+makes Optax's mini-step update NaN where gradx's is 0), so its step count, and any schedule
+driven by it, advances once per optimizer step.
 """
 
 from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
