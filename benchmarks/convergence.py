@@ -118,6 +118,11 @@ OPTIMIZERS = {
         "the embeddings, positions, output layer and vectors get Optax's (N)AdamW with the "
         f"baseline's settings (b2 0.95, weight decay 0.1) at peak rate {AUX_ADAM_LR} on the "
         "same schedule, as Keller Jordan's recipe"),
+    "psgd_kron": Optimizer(
+        "psgd_kron", 1e-3, _defaults,
+        "psgd-jax's defaults (b1 0.9, no weight decay, factors fitted with probability 1 for "
+        "500 steps then annealed towards 0.03, preconditioner lr 0.1); its usual rate, a third "
+        "of AdamW's"),
 }
 
 

@@ -1,5 +1,5 @@
 """The matrix-preconditioner engine and the optimizers built on it: Shampoo (Google's and
-Meta's), SOAP and Muon.
+Meta's), SOAP, Muon and PSGD-Kron.
 
 Engine layers: ``blocks`` (a leaf as stacks of same-shape blocks, and back, exactly),
 ``stacking`` (one batched call per block shape across the whole model), ``functions`` (inverse
@@ -16,6 +16,8 @@ from gradx.matrix.grafting import Graft, GraftingType
 from gradx.matrix.kronecker import FactorPlan, plan_leaf
 from gradx.matrix.muon import (MuonDimensionNumbers, MuonState, WeightDimNumOrFn, muon,
                                orthogonalize_via_newton_schulz, scale_by_muon, scale_by_shape)
+from gradx.matrix.psgd_kron import (PSGDKronState, precond_update_prob_schedule, psgd_kron,
+                                    scale_by_psgd_kron)
 from gradx.matrix.shampoo import ShampooState, distributed_shampoo, shampoo
 from gradx.matrix.soap import SOAPState, soap
 from gradx.matrix.stacking import map_stacked
@@ -23,4 +25,5 @@ from gradx.matrix.stacking import map_stacked
 # The names re-exported at gradx's top level.
 __all__ = ["matrix_inverse_pth_root", "power_iteration", "GraftingType", "ShampooState",
            "distributed_shampoo", "shampoo", "SOAPState", "soap", "MuonDimensionNumbers",
-           "MuonState", "muon", "scale_by_muon"]
+           "MuonState", "muon", "scale_by_muon", "PSGDKronState", "psgd_kron",
+           "scale_by_psgd_kron", "precond_update_prob_schedule"]

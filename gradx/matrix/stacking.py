@@ -43,7 +43,7 @@ def _after(x: jax.Array, previous: Any) -> jax.Array:
     ``previous`` or not), so that ``x``'s consumers run after all of ``previous`` is computed.
     Every array: a call's outputs are not ready together (SOAP's refresh returns a sort order
     computed before its ``qr``; a zero from the order alone let two ``qr`` calls run at once)."""
-    firsts = [jnp.ravel(leaf)[0] for leaf in jax.tree.leaves(previous)]
+    firsts = [jnp.ravel(leaf)[0] for leaf in jax.tree.leaves(previous) if leaf.size]
     return x + sum((v == v).astype(x.dtype) for v in firsts) * 0
 
 
