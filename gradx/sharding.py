@@ -133,7 +133,7 @@ def _spec_entries(sharding: Sharding, ndim: int) -> list:
             for entry in spec[:ndim]]
 
 
-def _check_axis(mesh: jax.sharding.Mesh, axis: str) -> None:
+def check_axis(mesh: jax.sharding.Mesh, axis: str) -> None:
     if axis not in mesh.axis_names:
         raise ValueError(f"axis={axis!r} is not an axis of the mesh; its axes are "
                          f"{tuple(mesh.axis_names)}.")
@@ -155,7 +155,7 @@ def zero1_shardings(tx: GradientTransformation, params: Any, mesh: jax.sharding.
 
     Raises ``ValueError`` when ``axis`` is not an axis of ``mesh``.
     """
-    _check_axis(mesh, axis)
+    check_axis(mesh, axis)
     size, order = mesh.shape[axis], list(mesh.axis_names)
     shapes = jax.eval_shape(tx.init, _placed(params, _mesh_of(params)))
 
@@ -207,7 +207,7 @@ def spread_blocks(blocks: Any, axis: str, mesh: Optional[jax.sharding.Mesh] = No
     mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
     if mesh.empty:
         return blocks
-    _check_axis(mesh, axis)
+    check_axis(mesh, axis)
     size = mesh.shape[axis]
     sharding = NamedSharding(mesh, PartitionSpec(axis))
     explicit = axis in getattr(mesh, "explicit_axes", ())

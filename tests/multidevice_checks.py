@@ -267,6 +267,46 @@ def check_spread_blocks():
         raise AssertionError("no ValueError for a missing mesh axis")
 
 
+def check_shard_blocks():
+    """``gradx.shard_blocks``: every LAPACK call of Meta's Shampoo, SOAP and PSGD-Kron runs on
+    this device's share of its batch (three (8, 8) leaves and a (6, 8) one: up to 7 factors of
+    size 8, padded to 8 over the 4-way model axis, 2 per device), and every matrix optimizer
+    gives the unsplit numbers (in float64: the float32 roots of these
+    nearly singular statistics amplify the round-off of differently shaped matmuls to 2e-5)."""
+    import re
+    rng = np.random.default_rng(5)
+    arrays = {f"w{i}": rng.normal(size=(8, 8)) for i in range(3)} | {"v": rng.normal(size=(6, 8))}
+
+    def lapack_batches(tx):
+        text = jax.jit(tx.update).lower(grads, tx.init(params), params).compile().as_text()
+        return {int(m) for m in re.findall(r"= \(?f64\[(\d+),[^=]*custom_call_target=\"lapack", text)}
+
+    builders = {"distributed_shampoo": lambda: gradx.distributed_shampoo(
+                    0.1, block_size=8, preconditioning_compute_steps=1,
+                    start_preconditioning_step=1),
+                "shampoo": lambda: gradx.shampoo(0.1, max_preconditioner_dim=8,
+                                                 precondition_frequency=1,
+                                                 start_preconditioning_step=1),
+                "soap": lambda: gradx.soap(0.1), "psgd_kron": lambda: gradx.psgd_kron(0.1),
+                "muon": lambda: gradx.muon(0.1)}
+    with jax.set_mesh(AUTO), jax.enable_x64(True):
+        params = {k: jnp.asarray(v, jnp.float64) for k, v in arrays.items()}
+        grads = jax.tree.map(lambda p: 0.5 * p + 0.1, params)
+        for name, build in builders.items():
+            plain, split = build(), gradx.shard_blocks(build(), "model")
+            outs = []
+            for tx in (plain, split):
+                step, state = jax.jit(tx.update), tx.init(params)
+                for _ in range(3):
+                    updates, state = step(grads, state, params)
+                outs.append(updates)
+            assert_trees_close(outs[1], outs[0], rtol=1e-12, atol=1e-14, what=name)
+            if name in ("shampoo", "soap", "psgd_kron"):  # eigh, qr, triangular solves
+                # (coupled Newton and Newton-Schulz are matmuls)
+                whole, shares = max(lapack_batches(plain)), max(lapack_batches(split))
+                assert whole >= 3 and shares == -(-whole // 4), (name, whole, shares)
+
+
 def check_checkpoint_reshards():
     """A sharded checkpoint restores onto the same mesh, onto another mesh and onto one device,
     bit for bit; a mismatched optimizer still names the first mismatching path."""

@@ -312,3 +312,23 @@ def test_factor_plan_reports_what_is_preconditioned():
     plan = kronecker.plan_leaf((5, 3), max_factor_size=4)
     assert plan.factored == (False, True) and plan.num_factors == 1 and plan.preconditioned
     assert not kronecker.plan_leaf((), merge_size=4).preconditioned
+
+
+def test_shard_blocks_without_a_mesh_is_the_optimizer_and_checks_its_axis():
+    """Split over a mesh axis only under a mesh (8 simulated devices: multidevice_checks.py's
+    check_shard_blocks); without one the numbers are bit-identical, and a wrong axis is named."""
+    params = tree()
+    for build in (lambda: gradx.shampoo(0.1, max_preconditioner_dim=4, precondition_frequency=1,
+                                        start_preconditioning_step=1), gradx.soap):
+        plain, split = build(), gradx.shard_blocks(build(), "data")
+        for a, b in zip(jax.tree.leaves(jax.jit(split.update)(params, split.init(params), params)),
+                        jax.tree.leaves(jax.jit(plain.update)(params, plain.init(params), params))):
+            np.testing.assert_array_equal(a, b)
+    mesh = jax.make_mesh((1,), ("data",))
+    with pytest.raises(ValueError, match="axis='model' is not an axis of the mesh"):
+        gradx.shard_blocks(gradx.soap(), "model", mesh)
+    with pytest.raises(ValueError, match="axis must be a mesh axis name"):
+        gradx.shard_blocks(gradx.soap(), 0)
+    tx = gradx.shard_blocks(gradx.soap(), "model")
+    with jax.set_mesh(mesh), pytest.raises(ValueError, match="axis='model'"):
+        tx.update(params, tx.init(params), params)

@@ -32,7 +32,7 @@ def test_on_eight_devices():
     """Every check of tests/multidevice_checks.py passes on a (data=2, model=4) mesh."""
     result = _run([str(ROOT / "tests" / "multidevice_checks.py")], timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert sum(line.startswith("ok check_") for line in result.stdout.splitlines()) == 6
+    assert sum(line.startswith("ok check_") for line in result.stdout.splitlines()) == 7
 
 
 def test_two_processes_match_one_process():

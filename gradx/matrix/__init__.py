@@ -20,10 +20,10 @@ from gradx.matrix.psgd_kron import (PSGDKronState, precond_update_prob_schedule,
                                     scale_by_psgd_kron)
 from gradx.matrix.shampoo import ShampooState, distributed_shampoo, shampoo
 from gradx.matrix.soap import SOAPState, soap
-from gradx.matrix.stacking import map_stacked
+from gradx.matrix.stacking import map_stacked, shard_blocks
 
 # The names re-exported at gradx's top level.
 __all__ = ["matrix_inverse_pth_root", "power_iteration", "GraftingType", "ShampooState",
            "distributed_shampoo", "shampoo", "SOAPState", "soap", "MuonDimensionNumbers",
            "MuonState", "muon", "scale_by_muon", "PSGDKronState", "psgd_kron",
-           "scale_by_psgd_kron", "precond_update_prob_schedule"]
+           "scale_by_psgd_kron", "precond_update_prob_schedule", "shard_blocks"]

@@ -15,18 +15,26 @@ running at once can take every thread of a small pool and deadlock (seen with tw
 calls on a 2-thread pool); XLA's CPU backend drops optimisation barriers, so the order has to be
 a data dependency. Each call is itself batched, so the order costs little.
 
-Sharding: the concatenated arrays are where a mesh axis would be spread over the blocks. A
-``jax.lax.with_sharding_constraint(stacked, NamedSharding(mesh, P(axis)))`` on each array of
-``stacked`` (padded to a multiple of the axis size) in ``map_stacked``, just before ``fn``, makes
-each device compute its share of roots; splitting the result back gathers them (the design of
+Sharding: ``shard_blocks(tx, axis)`` runs ``tx`` with every concatenation split over the mesh
+axis ``axis`` just before ``fn`` (padded with copies of its last block to a multiple of the
+axis size, then ``gradx.sharding.spread_blocks``), so each device computes its share of roots,
+bases or Newton-Schulz iterations; splitting the result back gathers them (the design of
 Google's ``_pmap_compute_preconditioners``, with GSPMD instead of ``pmap``). Nothing else in the
-engine needs to change: the block axis leads every stack and the optimizer state.
+engine changes: the block axis leads every stack and the optimizer state.
 """
 
-from typing import Any, Callable, Hashable, Sequence
+import contextvars
+from typing import Any, Callable, Hashable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+
+from gradx import sharding
+from gradx.base import (GradientTransformation, GradientTransformationExtraArgs,
+                        with_extra_args_support)
+
+# (axis, mesh) while a ``shard_blocks`` transformation runs its inner update (at trace time).
+_SPREAD: contextvars.ContextVar = contextvars.ContextVar("gradx_spread_blocks", default=None)
 
 
 def _is_array(x) -> bool:
@@ -69,6 +77,8 @@ def map_stacked(fn: Callable[..., Any], items: Sequence[Sequence[Any]]) -> list:
                    if _is_array(column[0]) else column[0] for column in zip(*members)]
         if done:
             stacked[0] = _after(stacked[0], done[-1][1])
+        if _SPREAD.get() is not None:
+            stacked = _spread(stacked, *_SPREAD.get())
         done.append((indices, fn(*stacked)))
     results: list = [None] * len(items)
     for indices, out in done:
@@ -80,4 +90,52 @@ def map_stacked(fn: Callable[..., Any], items: Sequence[Sequence[Any]]) -> list:
     return results
 
 
-__all__ = ["map_stacked"]
+def _spread(stacked: list, axis: str, mesh: Optional[jax.sharding.Mesh]) -> list:
+    """The arrays of ``stacked`` padded to a multiple of the mesh axis' size with copies of
+    their last block (rows past the items' own, never read back) and split over it."""
+    mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+    if mesh.empty:
+        return stacked
+    sharding.check_axis(mesh, axis)
+    ways = mesh.shape[axis]
+
+    def pad(x):
+        extra = -x.shape[0] % ways
+        return jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]) if extra else x
+
+    return [sharding.spread_blocks(pad(x), axis, mesh) if _is_array(x) else x for x in stacked]
+
+
+def shard_blocks(tx: GradientTransformation, axis: str,
+                 mesh: Optional[jax.sharding.Mesh] = None) -> GradientTransformationExtraArgs:
+    """``tx`` (Shampoo, SOAP, Muon, PSGD-Kron, any optimizer of the matrix engine) with each
+    batched matrix call split over the mesh axis ``axis`` along its block axis: every device
+    computes the roots, eigenbases or Newton-Schulz iterations of its share of the blocks of
+    each shape, instead of all of them (with replicated or data-parallel params, the same work
+    on every device). Same state, same numbers (round-off aside).
+
+    ``mesh`` defaults to the mesh context at update time (``jax.set_mesh``); without one, ``tx``
+    runs unchanged. A batch is padded to a multiple of the axis size with copies of its last
+    block. Raises ``ValueError`` when ``axis`` is not an axis of the mesh.
+
+    Example: ``tx = gradx.shard_blocks(gradx.shampoo(1e-3), "data")``, then under
+    ``jax.set_mesh(mesh)`` the jitted step runs each device's ``eigh`` on 1/|data| of the
+    factors.
+    """
+    if not isinstance(axis, str):
+        raise ValueError(f"axis must be a mesh axis name, got axis={axis!r}.")
+    if mesh is not None:
+        sharding.check_axis(mesh, axis)
+    tx = with_extra_args_support(tx)
+
+    def update(updates, state, params=None, **extra_args):
+        token = _SPREAD.set((axis, mesh))
+        try:
+            return tx.update(updates, state, params, **extra_args)
+        finally:
+            _SPREAD.reset(token)
+
+    return GradientTransformationExtraArgs(tx.init, update)
+
+
+__all__ = ["map_stacked", "shard_blocks"]
