@@ -41,11 +41,13 @@ bench: $(VENV)/.installed-test
 	$(PY) benchmarks/report.py $(if $(findstring --quick,$(BENCH_ARGS)),,--results-md benchmarks/RESULTS.md)
 
 # Property-based differential tests against optax and torch with a large budget (make test runs
-# a small one); figures in benchmarks/FUZZ.md, every mismatch in benchmarks/out/fuzz-results.json.
+# a small one); figures in benchmarks/FUZZ.md (FUZZ_NOTE: the run's conditions), every mismatch in
+# benchmarks/out/fuzz-results.json.
 FUZZ_ARGS ?= --examples 5000 --torch-examples 500
 fuzz: $(VENV)/.installed-test
 	mkdir -p benchmarks/out
-	$(PY) tests/differential.py $(FUZZ_ARGS) --out benchmarks/out/fuzz-results.json
+	$(PY) tests/differential.py $(FUZZ_ARGS) --out benchmarks/out/fuzz-results.json; \
+	status=$$?; $(PY) benchmarks/fuzz_report.py --note "$(FUZZ_NOTE)" && exit $$status
 
 # Optax 0.2.8's own test files (from the installed wheel) with gradx's names swapped in, then
 # its docstring examples; prints the table and the failures that are not documented differences
