@@ -226,8 +226,8 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
     ``optax.lookahead``. Differs: extra arguments reach the fast optimizer, and the reset keeps
     each state leaf's dtype and replaces the fast state by a fresh one, NaN included (Optax
     blends ``(1 - sync)·old + sync·fresh``, which keeps a NaN state NaN after the reset, turns
-    an Inf one NaN, makes a boolean field int32 (``optimistic_adam_v2``'s ``is_initial_step``)
-    and raises ``TypeError`` on a typed PRNG key, e.g. ``noisy_sgd``'s).
+    an Inf one NaN, makes a boolean field int32 (int64 under x64; ``optimistic_adam_v2``'s
+    ``is_initial_step``) and raises ``TypeError`` on a typed PRNG key, e.g. ``noisy_sgd``'s).
     ``sync_period < 1`` raises ``ValueError``.
     """
     if sync_period < 1:

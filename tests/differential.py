@@ -552,9 +552,10 @@ EXPLANATIONS = (
      lambda case, p: case.lookahead and case.tx[4] and p.kind == "error" and p.ours == "no error"
      and "multiply does not accept dtypes" in p.theirs and "key<" in p.theirs),
     ("lookahead's reset is a fresh state where Optax's blend turns a boolean state field "
-     "(optimistic_adam_v2's is_initial_step) into int32 (README: lookahead(reset_state=True))",
+     "(optimistic_adam_v2's is_initial_step) into int32, int64 under x64 (README: "
+     "lookahead(reset_state=True))",
      lambda case, p: case.lookahead and case.tx[4] and p.kind == "layout"
-     and "fast_state" in p.path and p.ours[0] == "bool" and p.theirs[0] == "int32"
+     and "fast_state" in p.path and p.ours[0] == "bool" and p.theirs[0] in ("int32", "int64")
      and p.ours[1] == p.theirs[1]),
     ("MultiSteps runs the inner optimizer on emitting steps only; Optax's runs it on every "
      "mini-step and multiplies its output by 0, so an inner update that overflows makes the "
@@ -670,36 +671,45 @@ def _settings(examples, derandomize):
                     suppress_health_check=list(HealthCheck))
 
 
+def _figures(found: list, counts: dict, seconds: float, programs: int, out: str) -> dict:
+    """The run's figures from its mismatches (``found``), also written to ``out``."""
+    explained = {}
+    for item in found:
+        if item["explanation"]:
+            explained[item["explanation"]] = explained.get(item["explanation"], 0) + 1
+    result = {"optax_examples": counts["optax"], "torch_examples": counts["torch"],
+              "mismatches": len(found),
+              "examples_with_mismatches": len({item["case"] for item in found}),
+              "unexplained": sum(not item["explanation"] for item in found),
+              "examples_with_unexplained": len({item["case"] for item in found
+                                                if not item["explanation"]}),
+              "explained": explained, "seconds": round(seconds),
+              "compiled_programs": programs, "found": found}
+    with open(out, "w") as handle:
+        json.dump(result, handle, indent=1)
+    return result
+
+
+def _mismatches(compare, case) -> list[dict]:
+    try:
+        problems = compare(case)
+    except Exception as error:  # noqa: BLE001 - a harness error is recorded, not fatal
+        problems = [f"harness error {type(error).__name__}: {error}"]
+    return [{"case": repr(case), "problem": str(p),
+             "explanation": explain(case, p) if isinstance(p, Problem) else ""}
+            for p in problems]
+
+
 def fuzz(examples: int, torch_examples: int, derandomize: bool, out: str) -> dict:
     """Runs ``examples`` Optax cases and ``torch_examples`` torch cases; records every mismatch
     (nothing stops the run) and returns the figures, written to ``out`` every 100 cases too."""
     found, counts, start = [], {"optax": 0, "torch": 0}, time.time()
 
     def figures():
-        explained = {}
-        for item in found:
-            if item["explanation"]:
-                explained[item["explanation"]] = explained.get(item["explanation"], 0) + 1
-        result = {"optax_examples": counts["optax"], "torch_examples": counts["torch"],
-                  "mismatches": len(found),
-                  "examples_with_mismatches": len({item["case"] for item in found}),
-                  "unexplained": sum(not item["explanation"] for item in found),
-                  "examples_with_unexplained": len({item["case"] for item in found
-                                                    if not item["explanation"]}),
-                  "explained": explained, "seconds": round(time.time() - start),
-                  "compiled_programs": COMPILED["programs"], "found": found}
-        with open(out, "w") as handle:
-            json.dump(result, handle, indent=1)
-        return result
+        return _figures(found, counts, time.time() - start, COMPILED["programs"], out)
 
     def record(compare, case):
-        try:
-            problems = compare(case)
-        except Exception as error:  # noqa: BLE001 - a harness error is recorded, not fatal
-            problems = [f"harness error {type(error).__name__}: {error}"]
-        found.extend({"case": repr(case), "problem": str(p),
-                      "explanation": explain(case, p) if isinstance(p, Problem) else ""}
-                     for p in problems)
+        found.extend(_mismatches(compare, case))
 
     @_settings(examples, derandomize)
     @given(cases())
@@ -722,6 +732,21 @@ def fuzz(examples: int, torch_examples: int, derandomize: bool, out: str) -> dic
     return figures()
 
 
+def recheck(out: str) -> dict:
+    """Runs again the cases of a recorded run (``out``) that had unexplained mismatches, with
+    the current code and explanations, and rewrites the record with their new mismatches: after
+    a fix or a new documented difference, the record need not be run again from the start."""
+    with open(out) as handle:
+        result = json.load(handle)
+    redo = {item["case"] for item in result["found"] if not item["explanation"]}
+    found = [item for item in result["found"] if item["case"] not in redo]
+    for text in sorted(redo):
+        case = eval(text, {"Case": Case, "TorchCase": TorchCase})  # noqa: S307 - our own repr
+        found += _mismatches(compare_case if isinstance(case, Case) else compare_torch_case, case)
+    counts = {"optax": result["optax_examples"], "torch": result["torch_examples"]}
+    return _figures(found, counts, result["seconds"], result["compiled_programs"], out)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Differential fuzzing of gradx against optax "
                                                  "and torch (make fuzz).")
@@ -729,9 +754,12 @@ if __name__ == "__main__":
     parser.add_argument("--torch-examples", type=int, default=500)
     parser.add_argument("--random", action="store_true", help="new examples (not derandomized)")
     parser.add_argument("--out", default="fuzz-results.json")
+    parser.add_argument("--recheck", action="store_true",
+                        help="run again the unexplained cases recorded in --out (recheck)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # casts of huge values to float16 overflow, on purpose
-    result = fuzz(args.examples, args.torch_examples, not args.random, args.out)
+    result = (recheck(args.out) if args.recheck else
+              fuzz(args.examples, args.torch_examples, not args.random, args.out))
     print(json.dumps({k: v for k, v in result.items() if k != "found"}, indent=1))
     for item in result["found"]:
         if not item["explanation"]:

@@ -520,19 +520,22 @@ def test_safe_increment_saturates_in_unsigned_and_small_dtypes(dtype):
             gradx.safe_increment(bad)
 
 
-def test_lookahead_reset_keeps_a_boolean_state_field_boolean():
+@pytest.mark.parametrize("x64", [False, True])
+def test_lookahead_reset_keeps_a_boolean_state_field_boolean(x64):
     """optimistic_adam_v2's is_initial_step (bool): Optax's reset blend (1 - c)·old + c·fresh
-    turns it int32 at the first update; gradx's fresh state keeps it bool (and True after the
-    sync, as a fresh state has it)."""
+    turns it int32 (int64 under x64, found by make fuzz) at the first update; gradx's fresh
+    state keeps it bool (and True after the sync, as a fresh state has it)."""
     flags = {}
-    for lib in (gradx, optax):
-        tx = lib.lookahead(lib.optimistic_adam_v2(0.1), 2, 0.5, reset_state=True)
-        params = lib.LookaheadParams.init_synced(jnp.zeros(2))
-        state = tx.init(params)
-        update = jax.jit(tx.update)
-        _, first = update(jnp.ones(2), state, params)
-        _, synced = update(jnp.ones(2), first, params)
-        flags[lib.__name__] = [s.fast_state[1].is_initial_step for s in (state, first, synced)]
+    with jax.enable_x64(x64):
+        for lib in (gradx, optax):
+            tx = lib.lookahead(lib.optimistic_adam_v2(0.1), 2, 0.5, reset_state=True)
+            params = lib.LookaheadParams.init_synced(jnp.zeros(2))
+            state = tx.init(params)
+            update = jax.jit(tx.update)
+            _, first = update(jnp.ones(2), state, params)
+            _, synced = update(jnp.ones(2), first, params)
+            flags[lib.__name__] = [s.fast_state[1].is_initial_step for s in (state, first, synced)]
     assert [f.dtype for f in flags["gradx"]] == [jnp.bool_] * 3
     assert [bool(f) for f in flags["gradx"]] == [True, False, True]
-    assert flags["optax"][0].dtype == jnp.bool_ and flags["optax"][1].dtype == jnp.int32
+    assert flags["optax"][0].dtype == jnp.bool_
+    assert flags["optax"][1].dtype == (jnp.int64 if x64 else jnp.int32)
