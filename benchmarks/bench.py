@@ -4,8 +4,10 @@
     .venv/bin/python benchmarks/bench.py --quick    # small sizes, for development
 
 Regimes
-  large   a transformer-shaped tree (~100M params, ~150 leaves; ``--large-width`` sets the size);
-          also Shampoo, SOAP and Muon (``--matrix-recipes``), refresh every 10 steps
+  large   a transformer-shaped tree (~100M params, ~150 leaves; ``--large-width``,
+          ``--large-layers`` and ``--large-vocab`` set the size); also Shampoo, SOAP and Muon (``--matrix-recipes``),
+          refresh every 10 steps, each against AdamW (``report.matrix_table``), with the refresh
+          step timed apart from the others (``refresh_split``)
   many    a deep narrow transformer tree (~1M params, ``--many-leaves`` leaves each)
   model   a Flax MLP train step (loss, grad, optimizer, apply) inside one jit, and the same step
           without the optimizer (forward and backward only), for the optimizer's share of it
@@ -28,6 +30,7 @@ import gc
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -180,7 +183,39 @@ def torch_optimizer(name, params, impl):
     if name == "soap" and impl == "foreach":
         from pytorch_optimizer import SOAP
         return SOAP(params, lr=LR, precondition_frequency=REFRESH_EVERY)
-    return None  # lion: not in torch; adafactor: no fused kernel
+    if name == "muon" and impl == "foreach" and hasattr(torch.optim, "Muon"):
+        # torch's Muon takes 2-D params only: Muon on every 2-D leaf (the embedding too) and
+        # AdamW on the others, the split of gradx.muon and optax.contrib.muon.
+        matrices = [p for p in params if p.ndim == 2]
+        others = [p for p in params if p.ndim != 2]
+        return _Optimizers(
+            torch.optim.Muon(matrices, lr=LR, weight_decay=0.0, momentum=0.95, nesterov=True,
+                             eps=1e-8, ns_steps=5),
+            torch.optim.AdamW(others, lr=LR, eps=1e-8, weight_decay=0.0, foreach=True))
+    return None  # lion, shampoo: not in torch; adafactor: no fused kernel
+
+
+# What each torch reference of a matrix recipe is (the row's ``references`` in results.json).
+TORCH_REFERENCES = {
+    "soap": "`pytorch_optimizer.SOAP` 4.1.0 (precondition_frequency=10, its other defaults "
+            "those of gradx.soap: max_precond_dim 10000, no 1-D preconditioning)",
+    "muon": "`torch.optim.Muon` (weight_decay 0, Nesterov, 5 Newton-Schulz steps, one matrix at "
+            "a time) on the 2-D leaves, embedding included, and `torch.optim.AdamW(foreach=True)` "
+            "on the 1-D leaves, the split of gradx.muon and optax.contrib.muon (which use NAdamW "
+            "there)",
+}
+
+
+class _Optimizers:
+    """Several torch optimizers stepped as one (torch's Muon with AdamW on the other leaves)."""
+
+    def __init__(self, *optimizers):
+        self.optimizers = optimizers
+        self.param_groups = [g for o in optimizers for g in o.param_groups]
+
+    def step(self):
+        for o in self.optimizers:
+            o.step()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +371,7 @@ def step_regime(label, shapes, recipes, args, bw_gbps, libs, with_torch=True):
     n = n_params(shapes)
     rows = []
     for recipe in recipes:
-        runners, memory = {}, {}
+        runners, memory, lapack = {}, {}, {}
         for lib, make in libs.items():
             if not runs(lib, recipe):
                 continue
@@ -348,11 +383,17 @@ def step_regime(label, shapes, recipes, args, bw_gbps, libs, with_torch=True):
                                                      f"{lib} {recipe}", lib)
                 if donate:
                     memory[key] = memory_figures(compiled)
+                    if recipe in MATRIX_RECIPES:
+                        lapack[key] = lapack_calls(compiled)
+        references = {}
         if with_torch:
             for impl in ("foreach", "fused"):
                 run = torch_stepper(recipe, params_np, grads_np, impl)
-                if run is not None:
-                    runners[f"torch-{impl}"] = run
+                if run is not None:  # a matrix recipe has one torch reference, named "torch"
+                    key = "torch" if recipe in MATRIX_RECIPES else f"torch-{impl}"
+                    runners[key] = run
+                    if recipe in TORCH_REFERENCES:
+                        references[key] = TORCH_REFERENCES[recipe]
         reference = "optax" if "optax" in runners else "gradx"
         inner = (REFRESH_EVERY if recipe in MATRIX_RECIPES else
                  max(1, int(args.min_batch_s / max(1e-5, _probe(runners[reference])))))
@@ -367,10 +408,52 @@ def step_regime(label, shapes, recipes, args, bw_gbps, libs, with_torch=True):
         rows.append({"regime": label, "recipe": recipe, "n_params": n, "n_leaves": len(shapes),
                      "bound_bytes_per_param": BOUND_BYTES[recipe], "bound_s": bound_s,
                      "triad_GBps": row_gbps, "timings": timings, "memory": memory})
+        if recipe in MATRIX_RECIPES:
+            rows[-1]["refresh_every"] = REFRESH_EVERY
+            rows[-1]["references"] = references
+            rows[-1]["lapack_calls"] = lapack
+            if recipe in REFRESHED and args.refresh_windows:
+                rows[-1]["refresh"] = {k: refresh_split(run, args.refresh_windows)
+                                       for k, run in runners.items()
+                                       if k != TRIAD and "(no donation)" not in k}
         _print_row(rows[-1])
         del runners
         gc.collect()
     return rows
+
+
+# Recipes whose preconditioner is refreshed every REFRESH_EVERY steps (Muon has no refresh).
+REFRESHED = ("shampoo", "soap")
+
+
+def refresh_split(run, windows):
+    """The refresh step timed apart from the others: ``windows`` × REFRESH_EVERY steps, each
+    timed alone; the phase (step index modulo REFRESH_EVERY) with the slowest median is the
+    refresh, the median of the other phases a plain step."""
+    times = []
+    for _ in range(windows * REFRESH_EVERY):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    phases = [statistics.median(times[p::REFRESH_EVERY]) for p in range(REFRESH_EVERY)]
+    slow = max(range(REFRESH_EVERY), key=phases.__getitem__)
+    return {"refresh_step_s": phases[slow],
+            "other_step_s": statistics.median(t for i, t in enumerate(times)
+                                              if i % REFRESH_EVERY != slow),
+            "phase_medians_s": phases, "windows": windows}
+
+
+def lapack_calls(compiled):
+    """The LAPACK custom calls (eigh, QR, ...) of a compiled step with their result shapes,
+    counted: one batched call per block shape is the aim of the refresh."""
+    counts = {}
+    for line in compiled.as_text().splitlines():
+        target = re.search(r'custom_call_target="([^"]*lapack[^"]*)"', line)
+        if target:
+            shape = re.search(r"=\s*\(?\s*([a-z0-9]+\[[0-9,]*\])", line)
+            key = f"{target.group(1)} {shape.group(1) if shape else '?'}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _probe(run):
@@ -535,6 +618,8 @@ def parse_args(argv=None):
                    help="matrix optimizers, timed in the large regime only (empty: none)")
     p.add_argument("--large-width", type=int, default=768, help="768: ~110M params in 147 leaves")
     p.add_argument("--large-layers", type=int, default=12)
+    p.add_argument("--large-vocab", type=int, default=32_000,
+                   help="rows of the large tree's embedding (Muon's Newton-Schulz on it dominates)")
     p.add_argument("--many-leaves", default="250,1000,2000")
     p.add_argument("--many-width", type=int, default=32)
     p.add_argument("--compile-leaves", default="100,250,500,1000,2000,3000")
@@ -543,6 +628,9 @@ def parse_args(argv=None):
     p.add_argument("--model-depth", type=int, default=8)
     p.add_argument("--model-batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--refresh-windows", type=int, default=3,
+                   help="Shampoo and SOAP: time this many x 10 steps one by one, for the refresh "
+                        "step apart from the others (0: skip)")
     p.add_argument("--min-batch-s", type=float, default=0.05, help="time at least this per batch")
     p.add_argument("--no-donate", action="store_true", help="also time every JAX step without donation")
     p.add_argument("--no-fused", action="store_true", help="leave gradx's fast path out")
@@ -570,7 +658,13 @@ def machine():
         info["loadavg_at_start"] = os.getloadavg()
     except (OSError, StopIteration):
         pass
+    info["env"] = {k: os.environ[k] for k in THREAD_ENV if k in os.environ}
     return info
+
+
+# Environment variables that change the timings (recorded with the command): LAPACK's threads
+# (OpenBLAS, under jaxlib's eigh and QR) spin against XLA's on a shared CPU.
+THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
 
 
 def main(argv=None):
@@ -587,7 +681,7 @@ def main(argv=None):
     bw_gbps = bw["triad_GBps"]
     rows = []
     if "large" in regimes:
-        shapes = transformer_shapes(args.large_layers, args.large_width, vocab=32_000)
+        shapes = transformer_shapes(args.large_layers, args.large_width, vocab=args.large_vocab)
         rows += step_regime("large", shapes, recipes, args, bw_gbps, libs, not args.no_torch)
         matrix = [r for r in args.matrix_recipes.split(",") if r]
         rows += step_regime("large", shapes, matrix, args, bw_gbps, libs, not args.no_torch)

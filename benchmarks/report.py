@@ -1,11 +1,15 @@
 """Turns ``benchmarks/out/results.json`` into a Markdown table, PNG plots and ``RESULTS.md``.
 
     .venv/bin/python benchmarks/report.py [results.json] [--results-md benchmarks/RESULTS.md]
+    .venv/bin/python benchmarks/report.py benchmarks/out/matrix/results.json \
+        --matrix-md benchmarks/RESULTS.md --note "..."   # only the matrix section, in place
 
 Writes ``table.md``, ``step_vs_leaves.png``, ``compile_vs_leaves.png`` and ``targets.png`` next to
 the JSON, and ``RESULTS.md`` (the committed record of the latest figures) where ``--results-md``
 says. The targets of the fast-path issue are marked met or not (``targets``), in the table and in
-the bars of ``targets.png``, from the same figures.
+the bars of ``targets.png``, from the same figures. Shampoo, SOAP and Muon are set against AdamW
+on the same tree (``matrix_section``); ``--matrix-md`` writes that section alone into an existing
+record, replacing the one there, and leaves the rest of the file as it is.
 """
 
 import argparse
@@ -15,6 +19,10 @@ import os
 
 FLAT = "gradx-fused-flat"
 FLAT_RECIPES = ("adamw", "clip_adamw_cosine", "sgd_nesterov", "lion")
+MATRIX_RECIPES = ("shampoo", "soap", "muon")
+MATRIX_AIM = 1.3  # a matrix optimizer's step, refresh amortised, over AdamW's (gradx's)
+MATRIX_HEADING = ("## Matrix optimizers against AdamW (large regime, refresh every 10 steps "
+                  "amortised)")
 
 
 def _nearest(rows, n_leaves):
@@ -33,7 +41,9 @@ def targets(result):
     - the flat path (``gradx-fused-flat``) at ~1000 small leaves: step <= 0.25x and compile
       <= 0.2x Optax's, for AdamW, clip + AdamW + cosine, SGD-Nesterov and Lion;
     - the model step with the flat path: the optimizer under 10% of the step (the step minus
-      the same step without the optimizer, over the step).
+      the same step without the optimizer, over the step);
+    - Shampoo, SOAP and Muon (large regime, refresh amortised): gradx's step <= 1.3x gradx's
+      AdamW step on the same tree.
     """
     out = []
 
@@ -43,7 +53,7 @@ def targets(result):
 
     steps, model = result.get("steps", []), result.get("model", [])
     for row in steps + model:
-        if "gradx" in row["timings"]:
+        if "gradx" in row["timings"] and "optax" in row["timings"]:  # optax lacks Shampoo, SOAP
             add(f"default path, {row['regime']} {row['recipe']}: x optax",
                 row["timings"]["gradx"]["ratio_to_optax"], 1.05)
     for row in steps:
@@ -63,7 +73,192 @@ def targets(result):
         if "optimizer_fraction" in row["timings"].get(FLAT, {}):
             add(f"flat path, model {row['recipe']}: optimizer share of the step",
                 row["timings"][FLAT]["optimizer_fraction"], 0.10)
+    for m in matrix_rows(result):
+        if m["library"] == "gradx" and m["x_gradx_adamw"] is not None:
+            add(f"matrix, large {m['recipe']}: x gradx adamw (refresh amortised)",
+                m["x_gradx_adamw"], MATRIX_AIM)
     return out
+
+
+def _adamw_row(result):
+    return next((r for r in result.get("steps", [])
+                 if r["regime"] == "large" and r["recipe"] == "adamw"), None)
+
+
+def matrix_rows(result):
+    """One dict per (matrix recipe, library) of the large regime: the median step (amortised:
+    each timed batch is ``refresh_every`` steps, one refresh among them), its ratios to AdamW's
+    step on the same tree (gradx's, optax's, torch's fused), memory and the refresh split."""
+    adamw = _adamw_row(result)
+    base = (adamw or {}).get("timings", {})
+    out = []
+    for row in result.get("steps", []):
+        if row["regime"] != "large" or row["recipe"] not in MATRIX_RECIPES:
+            continue
+        for lib, t in row["timings"].items():
+            ratio = lambda ref: (t["median_s"] / base[ref]["median_s"]  # noqa: E731
+                                 if ref in base else None)
+            out.append({"recipe": row["recipe"], "library": lib, "median_s": t["median_s"],
+                        "min_s": t.get("min_s", t["median_s"]),
+                        "x_gradx_adamw": ratio("gradx"), "x_optax_adamw": ratio("optax"),
+                        "x_torch_adamw": ratio("torch-fused"),
+                        "memory": (row.get("memory") or {}).get(lib),
+                        "refresh": (row.get("refresh") or {}).get(lib),
+                        "reference": (row.get("references") or {}).get(lib),
+                        "lapack_calls": (row.get("lapack_calls") or {}).get(lib),
+                        "refresh_every": row.get("refresh_every", 10),
+                        "n_params": row["n_params"], "n_leaves": row["n_leaves"]})
+    return out
+
+
+def _ms(seconds):
+    """Milliseconds, 3 significant digits, without an exponent."""
+    ms = seconds * 1e3
+    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
+def _x(ratio):
+    return "—" if ratio is None else f"{ratio:.1f}×" if ratio >= 10 else f"{ratio:.2f}×"
+
+
+def _mib(memory, key):
+    return "—" if not memory else f"{memory.get(key, 0) / 2**20:.1f}"
+
+
+def matrix_table(result):
+    """AdamW's rows (the baseline), then each matrix recipe per library: ms per step amortised
+    over the 10-step batch, the ratios to AdamW, memory, and the aim (gradx rows)."""
+    rows = matrix_rows(result)
+    if not rows:
+        return ""
+    lines = ["| recipe | library | ms / step (median, amortised) | min | × gradx AdamW "
+             "| × optax AdamW | × torch fused AdamW | arguments MiB | temporaries MiB "
+             "| aim ≤ 1.3× gradx AdamW |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    adamw = _adamw_row(result)
+    if adamw:
+        base = adamw["timings"]
+        for lib in ("gradx", "optax", "torch-fused", "torch-foreach"):
+            if lib in base:
+                m = (adamw.get("memory") or {}).get(lib)
+                lines.append(
+                    f"| adamw (baseline) | {lib} | {_ms(base[lib]['median_s'])} | "
+                    f"{_ms(base[lib].get('min_s', base[lib]['median_s']))} | "
+                    + " | ".join(_x(base[lib]["median_s"] / base[ref]["median_s"])
+                                 if ref in base else "—"
+                                 for ref in ("gradx", "optax", "torch-fused"))
+                    + f" | {_mib(m, 'argument_size_in_bytes')} | "
+                    f"{_mib(m, 'temp_size_in_bytes')} | |")
+    for r in rows:
+        aim = ("—" if r["library"] != "gradx" or r["x_gradx_adamw"] is None else
+               "met" if r["x_gradx_adamw"] <= MATRIX_AIM else "**not met**")
+        lines.append(f"| {r['recipe']} | {r['library']} | {_ms(r['median_s'])} | "
+                     f"{_ms(r['min_s'])} | "
+                     f"{_x(r['x_gradx_adamw'])} | {_x(r['x_optax_adamw'])} | "
+                     f"{_x(r['x_torch_adamw'])} | {_mib(r['memory'], 'argument_size_in_bytes')} | "
+                     f"{_mib(r['memory'], 'temp_size_in_bytes')} | {aim} |")
+    return "\n".join(lines)
+
+
+def refresh_table(result):
+    """Shampoo and SOAP: the refresh step timed alone against the other steps, and the share of
+    the 10-step batch the refresh takes."""
+    rows = [r for r in matrix_rows(result) if r["refresh"]]
+    if not rows:
+        return ""
+    lines = ["| recipe | library | refresh step ms | other steps ms (median) | refresh's share of "
+             "the 10 steps | (refresh − other) / 10, × gradx AdamW |",
+             "|---|---|---|---|---|---|"]
+    adamw = _adamw_row(result)
+    base = adamw["timings"]["gradx"]["median_s"] if adamw and "gradx" in adamw["timings"] else None
+    for r in rows:
+        f, k = r["refresh"], r["refresh_every"]
+        total = f["refresh_step_s"] + (k - 1) * f["other_step_s"]
+        extra = (f["refresh_step_s"] - f["other_step_s"]) / k
+        lines.append(f"| {r['recipe']} | {r['library']} | {_ms(f['refresh_step_s'])} | "
+                     f"{_ms(f['other_step_s'])} | {f['refresh_step_s'] / total:.0%} | "
+                     f"{_x(extra / base) if base else '—'} |")
+    return "\n".join(lines)
+
+
+def lapack_text(result):
+    """The LAPACK calls in each compiled step (one batched call per block shape is the aim)."""
+    items = []
+    for r in matrix_rows(result):
+        calls = r["lapack_calls"]
+        if calls:
+            one = all(n == 1 for n in calls.values())
+            items.append(f"- {r['library']} {r['recipe']}: " + ", ".join(
+                f"`{k}`" + (f" ×{n}" if n > 1 else "") for k, n in sorted(calls.items()))
+                + (" (one call per shape)" if one else " (**more than one call for a shape**)")
+                + LAPACK_NOTES.get(r["recipe"], ""))
+    return "\n".join(items)
+
+
+LAPACK_NOTES = {"soap": "; the `ssyevd` calls are the first step's set-up, the refresh is the "
+                        "`sgeqrf`/`sorgqr` pair (one power-iteration step)"}
+
+
+def matrix_section(result, note=""):
+    """The matrix optimizers' section of a record: heading, note, command and conditions, the
+    table against AdamW, the refresh split, the LAPACK calls, the torch references."""
+    rows = matrix_rows(result)
+    if not rows:
+        return ""
+    m = result["machine"]
+    first = rows[0]
+    parts = [MATRIX_HEADING, ""]
+    if note:
+        parts += [note, ""]
+    env = m.get("env") or {}
+    parts += [
+        f"Command: `{' '.join(f'{k}={v}' for k, v in env.items())}{' ' if env else ''}"
+        f"{result['command']}` (started {result['started']}); {first['n_params']:,} params in "
+        f"{first['n_leaves']} leaves. Machine: {m.get('cpu', '?')}, {m.get('cpu_count')} cores, "
+        f"{', '.join(m['devices'])}; jax {m['jax']}, optax {m['optax']}, torch {m['torch']} "
+        f"({m['torch_threads']} threads). Load average at start "
+        f"{', '.join(f'{x:.1f}' for x in m.get('loadavg_at_start', []))}, at end "
+        f"{', '.join(f'{x:.1f}' for x in result.get('loadavg_at_end', []))}.",
+        "",
+        f"Each timed batch is {first['refresh_every']} steps, so it holds exactly one "
+        "preconditioner refresh (Shampoo's roots, SOAP's eigenbases; Muon has none); the "
+        "figure is the batch over its steps, the median of the interleaved rounds. AdamW is the "
+        "same tree's `adamw` row of the same run.",
+        "", matrix_table(result)]
+    refresh = refresh_table(result)
+    if refresh:
+        parts += ["", f"Refresh step against the other steps ({rows[0]['refresh_every']} steps "
+                  "timed one by one, "
+                  f"{next(r['refresh']['windows'] for r in rows if r['refresh'])} times; the "
+                  "slowest phase is the refresh):", "", refresh]
+    lapack = lapack_text(result)
+    if lapack:
+        parts += ["", "LAPACK calls in the compiled step (result shapes; the refresh's "
+                  "decompositions, batched over every block of one shape):", "", lapack]
+    refs = {(r["recipe"], r["reference"]) for r in rows if r["reference"]}
+    if refs:
+        parts += ["", "Torch references (`torch` rows):", ""] + [
+            f"- {recipe}: {ref}" for recipe, ref in sorted(refs)]
+    return "\n".join(parts) + "\n"
+
+
+def replace_section(path, section, heading=MATRIX_HEADING):
+    """``path`` with the section starting at ``heading`` (up to the next ``## `` heading or the
+    end) replaced by ``section``, or ``section`` appended; the rest of the file is kept."""
+    with open(path) as f:
+        lines = f.read().split("\n")
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
+    if start is None:
+        text = "\n".join(lines).rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        tail = "\n".join(lines[end:])
+        text = ("\n".join(lines[:start]) + "\n" + section
+                + ("\n" + tail if tail.strip() else ""))
+    with open(path, "w") as f:
+        f.write(text.rstrip("\n") + "\n")
+    print("wrote", path, "(section:", heading + ")")
 
 
 def targets_table(result):
@@ -230,6 +425,9 @@ def markdown(result):
     mem = memory_table(result.get("steps", []))
     if mem.count("\n") > 1:
         parts += ["", "## `compiled.memory_analysis()` of one donated step", "", mem]
+    matrix = matrix_section(result)
+    if matrix:
+        parts += ["", matrix.rstrip("\n")]
     if result.get("compile"):
         parts += ["", "## Compile time (trace + lower + compile of one step) against leaf count", "",
                   compile_table(result["compile"])]
@@ -250,6 +448,8 @@ def main(argv=None):
     p.add_argument("results", nargs="?", default=os.path.join(os.path.dirname(__file__), "out", "results.json"))
     p.add_argument("--results-md", help="also write this RESULTS.md (title, table, plots' description)")
     p.add_argument("--note", default="", help="a paragraph to put in RESULTS.md (conditions of the run)")
+    p.add_argument("--matrix-md", help="write only the matrix optimizers' section into this "
+                   "existing record (replacing that section if there; --note goes into it)")
     args = p.parse_args(argv)
     with open(args.results) as f:
         result = json.load(f)
@@ -260,6 +460,13 @@ def main(argv=None):
     written = plots(result, out_dir)
     print("wrote", os.path.join(out_dir, "table.md"), *written)
     print(targets_text(result))
+    matrix = matrix_section(result)
+    if matrix:
+        print(matrix)
+    if args.matrix_md:
+        if not matrix:
+            raise SystemExit(f"{args.results}: no matrix recipe in the large regime")
+        replace_section(args.matrix_md, matrix_section(result, args.note))
     if args.results_md:
         write_record(args.results_md, "Benchmark results",
                      "`benchmarks/report.py` from `make bench` (plots: "
