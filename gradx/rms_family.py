@@ -113,14 +113,22 @@ def scale_by_stddev(decay=0.9, eps=1e-8, initial_scale=0.0, eps_in_sqrt: bool = 
 
     Reference: Graves, "Generating Sequences With Recurrent Neural Networks", 2013, eq. 38-45.
 
-    Differs from Optax only in validation, as ``scale_by_rms``.
+    Differs from Optax: the variance is clamped at 0. It is never negative in exact arithmetic,
+    but it is a difference of nearly equal numbers wherever the gradient barely varies, and
+    exactly 0 at the first step with ``bias_correction`` (``ν̂ = |g|²``, ``μ̂ = g``): there its
+    computed value is round-off, which the compiled program of each library rounds its own way
+    and ``1/√(… + eps)`` amplifies. Unclamped, round-off below 0 gives a NaN update (gradx's
+    fused program did, with ``decay=0.5``, where Optax's rounds to exactly 0; found by ``make
+    fuzz``); clamped, the update there is at most ``|g|/√eps``, as in exact arithmetic, and
+    agrees with Optax's only to that round-off.
+    Validation as ``scale_by_rms``.
     """
     _check_rms_args(decay, eps, initial_scale, bias_correction)
 
     def rule(g, mu, nu, *, correction=None):
         mu = (1 - decay) * g + decay * mu
         nu = (1 - decay) * abs_sq(g) + decay * nu
-        variance = _debiased(nu, correction) - abs_sq(_debiased(mu, correction))
+        variance = jnp.maximum(_debiased(nu, correction) - abs_sq(_debiased(mu, correction)), 0)
         return g * _inverse_root(variance, eps, eps_in_sqrt), mu, nu
 
     return _with_optional_count(rule, ScaleByRStdDevState, ScaleByRStdDevWithCountState,

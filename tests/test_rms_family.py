@@ -25,13 +25,44 @@ def test_scale_by_rms_matches_optax(kwargs):
     assert_same_state_class(ours, theirs, expected)
 
 
-@pytest.mark.parametrize("kwargs", RMS_CONFIGS)
+# Bias-corrected with initial_scale 0, the first step's variance is 0 (round-off; see
+# test_centered_variance_is_clamped_at_zero): here an initial_scale keeps it away from 0.
+STDDEV_CONFIGS = RMS_CONFIGS[:2] + [dict(RMS_CONFIGS[2], initial_scale=0.1)]
+
+
+@pytest.mark.parametrize("kwargs", STDDEV_CONFIGS)
 def test_scale_by_stddev_matches_optax(kwargs):
     ours, theirs = gradx.scale_by_stddev(**kwargs), optax.scale_by_stddev(**kwargs)
     compare(ours, theirs)
     expected = ("ScaleByRStdDevWithCountState" if kwargs.get("bias_correction")
                 else "ScaleByRStdDevState")
     assert_same_state_class(ours, theirs, expected)
+
+
+@pytest.mark.parametrize("decay", [0.5, 0.8, 0.99])
+def test_centered_variance_is_clamped_at_zero(decay):
+    """At the first bias-corrected step ``ν̂ - |μ̂|²`` is 0 in exact arithmetic and its computed
+    value round-off; below 0 it gives NaN: Optax's ``scale_by_stddev`` (and ``rmsprop(...,
+    centered=True, bias_correction=True)``) returns NaN for 43 of these 64 gradients with decay
+    0.8 and 61 with 0.99, unclamped gradx's for 2 of them with 0.5 (found by make fuzz). gradx
+    clamps the variance at 0: finite updates of at most the exact ``|g|/√eps``, and Optax's
+    numbers from the second step on, where the variance is no longer 0 (the gradient flips
+    sign and grows: far from 0)."""
+    first = np.random.default_rng(0).normal(size=64)
+    grads = [jnp.asarray(first * (-1.5) ** t, jnp.float32) for t in range(4)]
+    runs = {}
+    for lib in (gradx, optax):
+        tx = lib.scale_by_stddev(decay=decay, eps=1e-8, bias_correction=True)
+        update, state, runs[lib] = jax.jit(tx.update), tx.init(grads[0]), []
+        for g in grads:
+            u, state = update(g, state)
+            runs[lib].append(np.asarray(u))
+    ratio = runs[gradx][0] * np.sqrt(1e-8) / np.asarray(grads[0])
+    assert np.all(np.isfinite(ratio)) and np.all(ratio > 0) and np.all(ratio <= 1 + 1e-6)
+    optax_nans = int(np.isnan(runs[optax][0]).sum())
+    assert optax_nans == {0.5: 0, 0.8: 43, 0.99: 61}[decay]
+    for ours, theirs in zip(runs[gradx][1:], runs[optax][1:]):
+        np.testing.assert_allclose(ours, theirs, rtol=2e-5)
 
 
 def test_scale_by_rms_equals_adam_without_first_moment():
