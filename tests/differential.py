@@ -752,12 +752,14 @@ def fuzz(examples: int, torch_examples: int, derandomize: bool, out: str) -> dic
 
 
 def recheck(out: str) -> dict:
-    """Runs again the cases of a recorded run (``out``) that had unexplained mismatches, with
-    the current code and explanations, and rewrites the record with their new mismatches: after
-    a fix or a new documented difference, the record need not be run again from the start."""
+    """Runs again the cases of a recorded run (``out``) that had unexplained mismatches, or
+    mismatches explained by a reason since reworded, with the current code and explanations,
+    and rewrites the record with their new mismatches: after a fix or a new documented
+    difference, the record need not be run again from the start."""
     with open(out) as handle:
         result = json.load(handle)
-    redo = {item["case"] for item in result["found"] if not item["explanation"]}
+    reasons = {reason for reason, _ in EXPLANATIONS}
+    redo = {item["case"] for item in result["found"] if item["explanation"] not in reasons}
     found = [item for item in result["found"] if item["case"] not in redo]
     for text in sorted(redo):
         case = eval(text, {"Case": Case, "TorchCase": TorchCase})  # noqa: S307 - our own repr
