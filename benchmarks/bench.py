@@ -60,9 +60,9 @@ BOUND_BYTES = {"adamw": 28, "clip_adamw_cosine": 32, "sgd_nesterov": 20, "lion":
 # Matrix optimizers (large regime only), refresh amortised every REFRESH_EVERY steps: each timed
 # batch is REFRESH_EVERY steps, so it holds exactly one refresh. Their bound counts only the
 # elementwise traffic (params, grads, momenta), not the matmuls.
-MATRIX_RECIPES = ("shampoo", "soap", "muon")
+MATRIX_RECIPES = ("shampoo", "soap", "muon", "psgd_kron")
 REFRESH_EVERY = 10
-BOUND_BYTES.update({"shampoo": 20, "soap": 28, "muon": 20})
+BOUND_BYTES.update({"shampoo": 20, "soap": 28, "muon": 20, "psgd_kron": 20})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,6 +118,8 @@ def jax_recipe(lib, name):
         return lib.shampoo(LR, precondition_frequency=REFRESH_EVERY)
     if name == "soap":
         return lib.soap(LR, precondition_frequency=REFRESH_EVERY)
+    if name == "psgd_kron":  # the factors fitted every 10th step (psgd-jax's counter at p = 0.1)
+        return lib.psgd_kron(LR / 3, preconditioner_update_probability=1 / REFRESH_EVERY)
     raise ValueError(name)
 
 
@@ -148,8 +150,8 @@ def flat_ok(lib, recipe):
 
 
 def runs(lib, recipe):
-    """Whether ``lib`` has ``recipe``: optax has no Shampoo or SOAP, and the fused fast path
-    takes no matrix optimizer."""
+    """Whether ``lib`` has ``recipe``: optax has no Shampoo, SOAP or PSGD-Kron, and the fused
+    fast path takes no matrix optimizer."""
     if recipe in MATRIX_RECIPES:
         return lib == "gradx" or (lib == "optax" and recipe == "muon")
     return flat_ok(lib, recipe)
@@ -422,8 +424,9 @@ def step_regime(label, shapes, recipes, args, bw_gbps, libs, with_torch=True):
     return rows
 
 
-# Recipes whose preconditioner is refreshed every REFRESH_EVERY steps (Muon has no refresh).
-REFRESHED = ("shampoo", "soap")
+# Recipes whose preconditioner is refreshed (PSGD-Kron: fitted) every REFRESH_EVERY steps (Muon
+# has no refresh).
+REFRESHED = ("shampoo", "soap", "psgd_kron")
 
 
 def refresh_split(run, windows):
