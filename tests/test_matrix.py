@@ -113,6 +113,12 @@ def test_map_stacked_runs_each_call_after_all_of_the_previous_one():
     jaxpr = jax.make_jaxpr(lambda *xs: map_stacked(fn, [(x,) for x in xs]))(
         *(x for x, in items)).jaxpr
     assert qr_dependencies(jaxpr) == [set(), {0}, {0, 1}]
+    # A QR of the second input only (PSGD-Kron's solves read its noise, not its first input):
+    # ordered too.
+    second = lambda first, x: fn(x)  # noqa: E731
+    jaxpr = jax.make_jaxpr(lambda *xs: map_stacked(second, [(x, x) for x in xs]))(
+        *(x for x, in items)).jaxpr
+    assert qr_dependencies(jaxpr) == [set(), {0}, {0, 1}]
 
 
 # ---------------------------------------------------------------------------------------------
