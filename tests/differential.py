@@ -242,33 +242,33 @@ def build(lib, spec, tree_index):
     raise ValueError(f"unknown spec {spec!r}")
 
 
-def names_in(spec) -> set:
-    """Every optimizer or block name a spec uses."""
+def _nodes(spec):
+    """The spec and every spec nested in it (a wrapper's parts, or tuples of them), down to the
+    optimizers (``opt``/``inject`` nodes, whose parts are hyperparameters)."""
+    yield spec
     if spec[0] in ("opt", "inject"):
-        return {spec[1]} | ({"inject"} if spec[0] == "inject" else set())
-    found = {spec[0]}
-    for part in spec[1:]:
-        if isinstance(part, tuple) and part and isinstance(part[0], str):
-            found |= names_in(part)
-        elif isinstance(part, tuple):
-            for p in part:
-                if isinstance(p, tuple) and p and isinstance(p[0], str):
-                    found |= names_in(p)
-    return found
-
-
-def options_of(spec, name) -> list[dict]:
-    """The keyword arguments of every use of optimizer ``name`` in a spec."""
-    if spec[0] in ("opt", "inject"):
-        return [dict(spec[2])] if spec[1] == name else []
-    found = []
+        return
     for part in spec[1:]:
         parts = [part] if isinstance(part, tuple) and part and isinstance(part[0], str) else (
             part if isinstance(part, tuple) else ())
         for p in parts:
             if isinstance(p, tuple) and p and isinstance(p[0], str):
-                found += options_of(p, name)
+                yield from _nodes(p)
+
+
+def names_in(spec) -> set:
+    """Every optimizer or block name a spec uses."""
+    found = set()
+    for node in _nodes(spec):
+        found |= ({node[1]} | ({"inject"} if node[0] == "inject" else set())
+                  if node[0] in ("opt", "inject") else {node[0]})
     return found
+
+
+def options_of(spec, name) -> list[dict]:
+    """The keyword arguments of every use of optimizer ``name`` in a spec."""
+    return [dict(node[2]) for node in _nodes(spec)
+            if node[0] in ("opt", "inject") and node[1] == name]
 
 
 # -- strategies ----------------------------------------------------------------------------------
