@@ -5,9 +5,10 @@
 
 Regimes
   large   a transformer-shaped tree (~100M params, ~150 leaves; ``--large-width``,
-          ``--large-layers`` and ``--large-vocab`` set the size); also Shampoo, SOAP and Muon (``--matrix-recipes``),
-          refresh every 10 steps, each against AdamW (``report.matrix_table``), with the refresh
-          step timed apart from the others (``refresh_split``)
+          ``--large-layers`` and ``--large-vocab`` set the size); also Shampoo, SOAP, Muon and
+          PSGD-Kron (``--matrix-recipes``), refresh every 10 steps, each against AdamW
+          (``report.matrix_table``), with the refresh step timed apart from the others
+          (``refresh_split``)
   many    a deep narrow transformer tree (~1M params, ``--many-leaves`` leaves each)
   model   a Flax MLP train step (loss, grad, optimizer, apply) inside one jit, and the same step
           without the optimizer (forward and backward only), for the optimizer's share of it
@@ -632,7 +633,7 @@ def parse_args(argv=None):
     p.add_argument("--model-batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--refresh-windows", type=int, default=3,
-                   help="Shampoo and SOAP: time this many x 10 steps one by one, for the refresh "
+                   help="Shampoo, SOAP and PSGD-Kron: time this many x 10 steps one by one, for the refresh "
                         "step apart from the others (0: skip)")
     p.add_argument("--min-batch-s", type=float, default=0.05, help="time at least this per batch")
     p.add_argument("--no-donate", action="store_true", help="also time every JAX step without donation")

@@ -11,8 +11,8 @@ So every factor of size ``d`` in the model, from any leaf or block, goes through
 The calls run one after another: each array input of a call gets an exact zero computed from
 the previous call's result (``_after``); every input, since a call's LAPACK work may read any
 of them (PSGD-Kron's triangular solves read the noise, its second input: ordering the first
-input only let two solves run at once and hung a 2-core run). On CPU, JAX's batched LAPACK kernels (``eigh``, ``qr``)
-split their batch over XLA's intra-op thread pool and block until it is done, so two such calls
+input only let two solves run at once and hung a 2-core run). On CPU, JAX's batched LAPACK
+kernels (``eigh``, ``qr``) split their batch over XLA's intra-op thread pool and block until it is done, so two such calls
 running at once can take every thread of a small pool and deadlock (seen with two ``eigh``
 calls on a 2-thread pool); XLA's CPU backend drops optimisation barriers, so the order has to be
 a data dependency. Each call is itself batched, so the order costs little.
@@ -79,8 +79,9 @@ def map_stacked(fn: Callable[..., Any], items: Sequence[Sequence[Any]]) -> list:
                    if _is_array(column[0]) else column[0] for column in zip(*members)]
         if done:
             stacked = [_after(x, done[-1][1]) if _is_array(x) else x for x in stacked]
-        if _SPREAD.get() is not None:
-            stacked = _spread(stacked, *_SPREAD.get())
+        spread = _SPREAD.get()
+        if spread is not None:
+            stacked = _spread(stacked, *spread)
         done.append((indices, fn(*stacked)))
     results: list = [None] * len(items)
     for indices, out in done:
